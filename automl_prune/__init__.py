@@ -1,0 +1,16 @@
+"""automl_prune: plugin-based AutoML compression for computer-vision models."""
+
+from automl_prune.hookspecs import hookimpl
+from automl_prune.strategy import Candidate, Context, Strategy
+
+__version__ = "0.1.0"
+
+
+def load(path):  # noqa: ANN001, ANN201 - thin re-export, documented in pruning.persistence
+    """Rebuild a pruned model saved by automl_prune (architecture spec JSON + safetensors)."""
+    from automl_prune.pruning.persistence import load_pruned
+
+    return load_pruned(path)
+
+
+__all__ = ["Candidate", "Context", "Strategy", "__version__", "hookimpl", "load"]

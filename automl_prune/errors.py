@@ -1,0 +1,62 @@
+"""User-facing errors.
+
+Every problem a user can cause (a wrong name, a bad file, an unreachable server) is raised as an
+:class:`AutomlPruneError` carrying what is wrong and what to do. The CLI prints exactly these two
+lines and exits with status 2, so nobody has to read a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AutomlPruneError(Exception):
+    """An error caused by the user's input, with a fix."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem}\n  fix: {self.fix}" if self.fix else self.problem
+
+
+class UnknownNameError(AutomlPruneError):
+    """A strategy, model, dataset or task name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(
+            f"unknown {kind} {name!r}",
+            f"{hint}known {kind}s: {', '.join(known) or '(none)'}; "
+            "`automl-prune plugins` lists them and where they come from",
+        )
+        self.name = name
+
+
+class SpaceError(AutomlPruneError):
+    """A search-space file or override with a wrong type, range or name."""
+
+
+class BudgetError(AutomlPruneError):
+    """A FLOPs budget that no architecture of the strategy can reach."""
+
+
+class ModelError(AutomlPruneError):
+    """A model that cannot be built, traced or loaded."""
+
+
+class CheckpointError(AutomlPruneError):
+    """A weights file or saved model that is missing or corrupt."""
+
+
+class DataError(AutomlPruneError):
+    """A dataset that cannot be found or read."""
+
+
+class TrackingError(AutomlPruneError):
+    """A tracking server that cannot be reached."""

@@ -1,0 +1,103 @@
+"""FLOP counting and budgets.
+
+Convention (stated in every report): FLOPs are fvcore's count at the stated input shape and batch 1.
+fvcore counts one multiply-add as one flop, so the numbers are MACs. Element-wise ops fvcore ignores by
+default (additions, activations) are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from automl_prune.errors import BudgetError, ModelError
+
+FLOPS_CONVENTION = "fvcore count at batch 1 (one multiply-add = one flop, i.e. MACs)"
+
+
+def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """fvcore's FLOP count of one forward pass on ``example_input`` (use batch 1)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    was_training = model.training
+    model.eval()
+    try:
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        return int(analysis.total())
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is the model's, reported as such
+        raise ModelError(
+            f"cannot trace {type(model).__name__} to count its FLOPs: {type(exc).__name__}: {exc}",
+            "the model's forward must be traceable by torch.jit.trace (no data-dependent Python "
+            "control flow, tensor inputs and outputs); wrap or simplify the forward",
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (all of them, trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+_ABSOLUTE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKmMgG])(?:flops|FLOPs|FLOPS)?\s*$")
+_SCALE = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A FLOPs budget: a ratio of the base model (``0.5``) or absolute (``12M``, ``0.8G``)."""
+
+    ratio: float | None = None
+    absolute: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | float | None) -> Budget | None:
+        """``0.5`` or ``50%`` is a ratio of the base model; ``20M`` / ``1.5G`` are absolute FLOPs."""
+        if text is None:
+            return None
+        if isinstance(text, (int, float)):
+            return cls._ratio(float(text), str(text))
+        s = str(text).strip()
+        m = _ABSOLUTE.match(s)
+        if m:
+            value = float(m.group(1)) * _SCALE[m.group(2).lower()]
+            if value <= 0:
+                raise BudgetError(f"FLOPs budget {s!r} must be positive", "give e.g. 0.5 (ratio) or 20M")
+            return cls(absolute=value)
+        try:
+            value = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+        except ValueError:
+            raise BudgetError(
+                f"cannot read the FLOPs budget {s!r}",
+                "give a ratio of the base model (0.5 or 50%) or absolute FLOPs with a unit (20M, 1.2G)",
+            ) from None
+        return cls._ratio(value, s)
+
+    @classmethod
+    def _ratio(cls, value: float, text: str) -> Budget:
+        if not 0 < value <= 1:
+            raise BudgetError(
+                f"FLOPs budget ratio {text!r} is outside (0, 1]",
+                "a ratio is a fraction of the base model's FLOPs; for absolute FLOPs add a unit (20M)",
+            )
+        return cls(ratio=value)
+
+    def resolve(self, base_flops: float) -> float:
+        """The budget in absolute FLOPs for a base model of ``base_flops``."""
+        return self.ratio * base_flops if self.ratio is not None else float(self.absolute)
+
+    def __str__(self) -> str:
+        return f"{self.ratio:g} x base" if self.ratio is not None else f"{self.absolute / 1e6:g}M FLOPs"
+
+
+def constraint_value(flops: float, max_flops: float | None) -> float:
+    """Optuna constraint: <= 0 is feasible. Relative excess over the budget, so it is scale-free."""
+    return 0.0 if max_flops is None else flops / max_flops - 1.0

@@ -1,0 +1,74 @@
+"""The plugin contract: every hook a plugin may implement.
+
+Registration hooks receive a ``register`` callback (as in llm and datasette) and call it once per thing
+they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker; their return
+values are ignored. Implement them with ``automl_prune.hookimpl``::
+
+    from automl_prune import hookimpl
+
+    @hookimpl
+    def register_strategies(register):
+        register(MyStrategy)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from automl_prune.search.records import SearchInfo, TrialRecord
+
+hookspec = pluggy.HookspecMarker("automl_prune")
+hookimpl = pluggy.HookimplMarker("automl_prune")
+
+
+@hookspec
+def register_strategies(register: Any) -> None:
+    """Register pruning strategies: call ``register(StrategyClass)`` for each.
+
+    A strategy class subclasses :class:`automl_prune.Strategy`; its ``name`` is what users pass to
+    ``--strategy``.
+    """
+
+
+@hookspec
+def register_models(register: Any) -> None:
+    """Register model factories: ``register(name, factory, task=..., description=...)``.
+
+    ``factory(info: DataInfo, **kwargs) -> nn.Module`` builds an untrained model for the data.
+    """
+
+
+@hookspec
+def register_datasets(register: Any) -> None:
+    """Register datasets: ``register(name, factory, task=..., description=...)``.
+
+    ``factory(arg: str | None, **options) -> DataSplits`` returns train/val/test splits; ``arg`` is what
+    follows the colon in ``--data name:arg`` (a folder, a torchvision class name, ...).
+    """
+
+
+@hookspec
+def register_tasks(register: Any) -> None:
+    """Register tasks (``classification``, ``image-translation``, ...): ``register(TaskInstance)``.
+
+    A task knows how to train and evaluate a model for its kind of data and which metric is its
+    quality, so the core treats classifiers, GANs and diffusion models alike.
+    """
+
+
+@hookspec
+def search_started(search: SearchInfo) -> None:
+    """A search is about to run its first trial (also called when a search is resumed)."""
+
+
+@hookspec
+def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
+    """A trial ended, completed or failed; ``trial.model_dir`` holds the saved pruned model."""
+
+
+@hookspec
+def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord]) -> None:
+    """All trials ended; ``front`` is the Pareto front (quality max, FLOPs min) of the feasible trials."""

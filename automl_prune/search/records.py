@@ -1,0 +1,70 @@
+"""Plain records of a search and its trials: what lifecycle hooks receive and what pareto.csv holds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrialRecord:
+    """One finished trial. ``state`` is "complete" or "failed"; failed trials carry ``error``.
+
+    ``quality`` is the task's quality metric on the validation split (``quality_metric`` names it);
+    ``metrics`` holds the rest (e.g. ``test_accuracy``, reported but never used for selection).
+    """
+
+    number: int
+    state: str
+    params: dict[str, Any] = field(default_factory=dict)
+    quality: float | None = None
+    flops: int | None = None
+    n_params: int | None = None
+    latency_ms: float | None = None
+    target_flops: float | None = None
+    feasible: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_dir: str | None = None
+    figures: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
+        return cls(**d)
+
+
+@dataclass
+class SearchInfo:
+    """What observers need to know about a search.
+
+    ``base`` holds the base model's measurements (quality, flops, n_params, latency_ms) at the
+    convention in ``conventions``; ``max_flops`` is the absolute budget (None: unconstrained).
+    """
+
+    name: str
+    strategy: str
+    run_dir: Path
+    quality_metric: str
+    base: dict[str, float]
+    max_flops: float | None
+    config: dict[str, Any]
+    conventions: dict[str, str]
+    tracking_uri: str | None = None
+    registered_model: str | None = None
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchInfo:
+        d = json.loads(text)
+        d["run_dir"] = Path(d["run_dir"])
+        return cls(**d)

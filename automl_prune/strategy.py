@@ -1,0 +1,114 @@
+"""The strategy contract: ``prepare`` once per search, ``run`` once per trial.
+
+A strategy is a class registered through the ``register_strategies`` hook. The orchestrator builds a
+:class:`Context` (base model, data, task, device, seed, run directory, progress), calls
+``prepare(context)`` (its result is cached on disk under a content key, so a second search on the
+same base model reuses it), then calls ``run(context, params, artifacts)`` for every trial with the
+parameters the sampler drew from the strategy's search space. ``run`` returns a :class:`Candidate`:
+the physically pruned model and its quality on the validation split. The orchestrator measures FLOPs,
+parameters and latency itself, with one convention for every strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from automl_prune.data.base import DataSplits
+from automl_prune.flops import count_flops
+from automl_prune.models.base import ModelRef
+from automl_prune.progress import Progress
+from automl_prune.tasks.base import Task
+
+
+@dataclass
+class Context:
+    """Everything a strategy may use. ``model`` is the trained base model: copy it before changing it."""
+
+    model: nn.Module
+    model_ref: ModelRef
+    data: DataSplits
+    task: Task
+    device: torch.device
+    seed: int
+    run_dir: Path
+    cache_dir: Path
+    progress: Progress
+    base_flops: int
+    max_flops: float | None = None
+    batch_size: int = 64
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return self.task.example_input(self.data, batch).to(self.device)
+
+    def loader(self, split: str, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        dataset = getattr(self.data, split)
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=generator
+        )
+
+    def flops(self, model: nn.Module) -> int:
+        """fvcore FLOPs of ``model`` at this search's input shape, batch 1 (see automl_prune.flops)."""
+        return count_flops(model, self.example_input(1))
+
+    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        return self.task.evaluate(model, self.data, split, batch_size=self.batch_size, device=self.device)
+
+
+@dataclass
+class Candidate:
+    """One trial's result: a physically pruned model and its measurements.
+
+    Strategies fill ``model``, ``quality`` (the task's quality metric on the validation split) and
+    ``target_flops``; the orchestrator fills ``flops``, ``params`` and ``latency_ms``. ``spec`` holds
+    architecture facts to store with the model (e.g. kernel sizes); ``figures`` are image files to log.
+    """
+
+    model: nn.Module
+    quality: float
+    target_flops: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    flops: int | None = None
+    params: int | None = None
+    latency_ms: float | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+
+class Strategy:
+    """Base class of pruning strategies. Subclass it and register it with ``register_strategies``.
+
+    Class attributes:
+        name: what users pass to ``--strategy``.
+        tasks: the task names it can prune (``classification``, ``image-translation``, ...).
+        space: path of its default search-space YAML.
+        version: bump it when ``prepare`` changes, so cached artifacts are not reused.
+    """
+
+    name: ClassVar[str]
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    space: ClassVar[Path]
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+
+    def prepare_key(self, context: Context) -> dict[str, Any]:
+        """Settings besides the base model and data that change what ``prepare`` computes."""
+        return {}
+
+    def prepare(self, context: Context) -> dict[str, Any]:
+        """Work shared by all trials (an explainer, a similarity matrix). Must be torch.save-able."""
+        return {}
+
+    def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
+        """One trial: prune ``context.model`` as ``params`` say, fine-tune, and measure quality."""
+        raise NotImplementedError
+
+    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float | None:
+        """The fewest FLOPs this strategy can reach on ``context.model`` (None if unknown)."""
+        return None
