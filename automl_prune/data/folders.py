@@ -1,0 +1,167 @@
+"""Datasets read from the user's own image folders.
+
+``folder:PATH`` is ImageFolder-style (one subfolder per class); ``paired:PATH`` is image-to-image data,
+``PATH/A`` and ``PATH/B`` holding the input and target images under matching file names. Both take
+their splits from ``train/``, ``val/`` and ``test/`` subfolders of PATH when there are any (see
+:func:`layout_splits`), and otherwise split the whole folder, seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from automl_prune.data.base import DataInfo, DataSplits
+from automl_prune.data.common import file_extra, file_transform, image_size_of, seeded_split
+from automl_prune.errors import DataError
+
+HOLDOUT = 0.15  # fraction of the images held out for val (and for test, when there is no test folder)
+
+
+def _folder(arg: str | None, kind: str) -> Path:
+    if not arg:
+        raise DataError(f"the {kind} dataset needs a folder", f"use --data {kind}:PATH")
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist", "check the path after the colon")
+    return root
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+
+
+def _first_image(root: Path) -> Path:
+    images = _images(root)
+    if not images:
+        raise DataError(f"no images in {root}", f"put image files ({', '.join(IMG_EXTENSIONS)}) there")
+    return images[0]
+
+
+def layout_splits(
+    root: Path, build: Callable[[Path], Dataset], labels: Callable[[Dataset], list[int] | None], seed: int
+) -> tuple[Dataset, Dataset, Dataset]:
+    """Train/val/test from the folder layout, so a user's own split is respected.
+
+    - ``train/``, ``val/`` and ``test/``: used as they are;
+    - ``train/`` and one of ``val/`` or ``test/``: that folder is the test split (as ImageNet's val is)
+      and val is held out of train, since model selection must not use the test split;
+    - otherwise the whole folder is split seeded into train/val/test (stratified where labelled).
+    """
+    train_dir, val_dir, test_dir = (root / name for name in ("train", "val", "test"))
+    if train_dir.is_dir() and (val_dir.is_dir() or test_dir.is_dir()):
+        train = build(train_dir)
+        if val_dir.is_dir() and test_dir.is_dir():
+            return train, build(val_dir), build(test_dir)
+        rest, val = _hold_out(train, (HOLDOUT,), labels, seed)
+        return rest, val, build(test_dir if test_dir.is_dir() else val_dir)
+    train, val, test = _hold_out(build(root), (HOLDOUT, HOLDOUT), labels, seed)
+    return train, val, test
+
+
+def _hold_out(
+    dataset: Dataset, holdout: tuple[float, ...], labels: Callable[[Dataset], list[int] | None], seed: int
+) -> list[Subset]:
+    parts = seeded_split(len(dataset), holdout, seed=seed, labels=labels(dataset))  # type: ignore[arg-type]
+    return [Subset(dataset, idx.tolist()) for idx in parts]
+
+
+def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3, seed: int = 0) -> DataSplits:
+    """Class-per-subfolder images resized to ``size`` x ``size`` (default: the first image's size)."""
+    root = _folder(arg, "folder")
+    image_size = image_size_of(_first_image(root), size)
+    transform = file_transform(image_size, channels)
+
+    def build(folder: Path) -> ImageFolder:
+        try:
+            return ImageFolder(str(folder), transform=transform)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(
+                f"{folder} is not a folder of class folders: {exc}",
+                "put each class's images in its own subfolder: PATH/CLASS/IMAGE",
+            ) from exc
+
+    train, val, test = layout_splits(root, build, lambda ds: ds.targets, seed)
+    classes = _dataset_of(train).classes
+    if any(_dataset_of(split).classes != classes for split in (val, test)):
+        raise DataError(
+            f"the split folders of {root} hold different class folders",
+            "give train/, val/ and test/ the same class subfolders",
+        )
+    info = DataInfo(
+        name=f"folder:{root}",
+        task="classification",
+        in_channels=channels,
+        image_size=image_size,
+        num_classes=len(classes),
+        extra={"seed": seed, "classes": classes, **file_extra(channels)},
+    )
+    return DataSplits(train, val, test, info)
+
+
+def _dataset_of(split: Dataset) -> ImageFolder:
+    return split.dataset if isinstance(split, Subset) else split  # type: ignore[return-value]
+
+
+class PairedImages(Dataset):
+    """``(a, b)`` tensor pairs from ``folder/A`` and ``folder/B``, matched by file name."""
+
+    def __init__(self, folder: Path, transform_a: Callable, transform_b: Callable) -> None:
+        a_dir, b_dir = folder / "A", folder / "B"
+        if not (a_dir.is_dir() and b_dir.is_dir()):
+            raise DataError(
+                f"{folder} has no A/ and B/ subfolders", "put inputs in PATH/A, targets in PATH/B"
+            )
+        a_names = {p.relative_to(a_dir) for p in _images(a_dir)}
+        b_names = {p.relative_to(b_dir) for p in _images(b_dir)}
+        unmatched = sorted(a_names ^ b_names)
+        if unmatched:
+            shown = ", ".join(str(p) for p in unmatched[:5])
+            raise DataError(
+                f"{len(unmatched)} images in {folder} have no partner in A/ or B/ (e.g. {shown})",
+                "give every input in A/ a target in B/ under the same file name",
+            )
+        if not a_names:
+            raise DataError(f"no images in {a_dir}", "put the paired images in A/ and B/")
+        self.pairs = [(a_dir / name, b_dir / name) for name in sorted(a_names)]
+        self.transform_a, self.transform_b = transform_a, transform_b
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.pairs[index]
+        with Image.open(a) as image_a, Image.open(b) as image_b:
+            return self.transform_a(image_a), self.transform_b(image_b)
+
+
+def paired_folder(
+    arg: str | None,
+    *,
+    size: int | None = None,
+    channels: int = 3,
+    out_channels: int | None = None,
+    seed: int = 0,
+) -> DataSplits:
+    """Paired images for image translation; ``info.extra["out_channels"]`` is the channels of B."""
+    root = _folder(arg, "paired")
+    out_channels = out_channels or channels
+    image_size = image_size_of(_first_image(root), size)
+    transform_a, transform_b = file_transform(image_size, channels), file_transform(image_size, out_channels)
+    train, val, test = layout_splits(
+        root, lambda folder: PairedImages(folder, transform_a, transform_b), lambda _: None, seed
+    )
+    info = DataInfo(
+        name=f"paired:{root}",
+        task="image-translation",
+        in_channels=channels,
+        image_size=image_size,
+        extra={"seed": seed, "out_channels": out_channels, **file_extra(channels)},
+    )
+    return DataSplits(train, val, test, info)

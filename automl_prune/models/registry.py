@@ -1,0 +1,121 @@
+"""Model references -> modules, and local weights -> modules.
+
+A registry name is built as ``factory(info, **kwargs)``, so the zoo adapts classes and channels to the
+data. A name with a colon is the user's own model, ``package.module:factory``, called as
+``factory(**kwargs)``: it knows its own shapes. Weights are never downloaded: ``load_weights`` reads a
+local safetensors or torch state-dict file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.data.base import DataInfo
+from automl_prune.errors import AutomlPruneError, CheckpointError, ModelError
+from automl_prune.models.base import ModelRef
+from automl_prune.plugins import get_plugins
+
+SHOWN = 3  # mismatches listed in an error; the rest are counted
+WRAPPER_KEYS = ("state_dict", "model")  # checkpoints that wrap the state dict (Lightning, many repos)
+
+
+def import_factory(target: str) -> Callable[..., Any]:
+    """``"package.module:factory"`` (the attribute may be dotted, e.g. ``module:Class.build``)."""
+    module_name, _, attr = target.partition(":")
+    fix = f"make {module_name!r} importable (installed, or on PYTHONPATH) and check the name after ':'"
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # ImportError, AttributeError, or any error raised by the module's import
+        raise ModelError(f"cannot import model factory {target!r}: {type(exc).__name__}: {exc}", fix) from exc
+    if not callable(obj):
+        raise ModelError(f"model factory {target!r} is not callable", fix)
+    return obj
+
+
+def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
+    """An untrained model for ``ref`` on data described by ``info``."""
+    if ":" in ref.name:
+        factory, args = import_factory(ref.name), ()
+    else:
+        factory, args = get_plugins().models.get(ref.name), (info,)
+    try:
+        model = factory(*args, **ref.kwargs)
+    except AutomlPruneError:
+        raise
+    except Exception as exc:  # a wrong keyword or an inconsistent shape, reported without its traceback
+        raise ModelError(
+            f"cannot build model {ref.name!r} with {ref.kwargs}: {type(exc).__name__}: {exc}",
+            "check the model's keyword arguments (--model-arg) against its factory",
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model factory {ref.name!r} returned {type(model).__name__}, not a torch.nn.Module",
+            "return the module itself from the factory",
+        )
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file, else a ``torch.save`` file (read with weights_only)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found", "check the path given to --weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch and safetensors raise many types for a truncated or foreign file
+        raise CheckpointError(
+            f"cannot read weights file {path}: {type(exc).__name__}: {str(exc)[:200].strip()}",
+            "the file is corrupt or not a state dict; save one with torch.save(model.state_dict(), path) "
+            "or safetensors.torch.save_file",
+        ) from exc
+    wrapped = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj, Mapping) and k in obj), None)
+    state = wrapped if isinstance(wrapped, Mapping) else obj
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"weights file {path} holds a {type(state).__name__}, not a state dict of tensors",
+            "save model.state_dict(), not the model object",
+        )
+    return dict(state)
+
+
+def _listed(items: list[str]) -> str:
+    more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+    return ", ".join(items[:SHOWN]) + more
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load ``path`` into ``model`` strictly: every key present, none extra, every shape equal."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    problems = []
+    if missing := [k for k in expected if k not in state]:
+        problems.append(f"missing {_listed(missing)}")
+    if unexpected := [k for k in state if k not in expected]:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    if wrong := [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]:
+        problems.append(f"wrong shape {_listed(wrong)}")
+    if problems:
+        raise CheckpointError(
+            f"weights file {path} does not fit {type(model).__name__}: {'; '.join(problems)}",
+            "use weights saved from the same architecture (same --model and model arguments, same data "
+            "channels and classes)",
+        )
+    model.load_state_dict(state, strict=True)
+    return model

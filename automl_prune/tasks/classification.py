@@ -1,0 +1,117 @@
+"""Image classification: cross-entropy training, accuracy as quality.
+
+Training recipe (the usual CIFAR one, so base models and fine-tuned pruned models are comparable):
+SGD with Nesterov momentum 0.9, weight decay 5e-4, learning rate annealed by a cosine over all steps of
+all epochs, seeded shuffling. With a ``teacher`` (knowledge distillation, Hinton et al. 2015) the loss
+is ``CE + 0.5 * T**2 * KL(softmax(teacher / T) || softmax(student / T))`` at T = 4; the T**2 keeps the
+soft term's gradients on the scale of the hard term's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from automl_prune.data.base import DataSplits
+from automl_prune.errors import DataError
+from automl_prune.progress import Progress
+
+SPLITS = ("train", "val", "test")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate without gradients, then give the model back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """The ``classification`` task; its quality metric is top-1 accuracy in [0, 1]."""
+
+    name: str = "classification"
+    quality_metric: str = "accuracy"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    distill_weight: float = 0.5
+
+    def distill_loss(self, logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        kl = F.kl_div(
+            F.log_softmax(logits / t, dim=1),
+            F.log_softmax(teacher_logits / t, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return self.distill_weight * t * t * kl
+
+    def train(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        progress: Progress,
+        teacher: nn.Module | None = None,
+    ) -> nn.Module:
+        loader = DataLoader(
+            data.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
+        model.to(device).train()
+        if teacher is not None:
+            teacher.to(device)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+        for _ in progress.bar(range(epochs), "epochs", total=epochs):
+            for images, labels in loader:
+                images, labels = images.to(device), labels.to(device)
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels)
+                if teacher is not None:
+                    with eval_mode(teacher):
+                        teacher_logits = teacher(images)
+                    loss = loss + self.distill_loss(logits, teacher_logits)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+        return model
+
+    def evaluate(
+        self, model: nn.Module, data: DataSplits, split: str, *, batch_size: int, device: torch.device
+    ) -> dict[str, float]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        dataset = getattr(data, split)
+        if len(dataset) == 0:
+            raise DataError(f"the {split} split of {data.info.name!r} is empty", "use a larger dataset")
+        correct, loss_sum = 0, 0.0
+        with eval_mode(model.to(device)):
+            for images, labels in DataLoader(dataset, batch_size=batch_size):
+                images, labels = images.to(device), labels.to(device)
+                logits = model(images)
+                loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+                correct += (logits.argmax(dim=1) == labels).sum().item()
+        return {"accuracy": correct / len(dataset), "loss": loss_sum / len(dataset)}
+
+    def example_input(self, data: DataSplits, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, *data.info.input_shape)
