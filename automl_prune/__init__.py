@@ -1,12 +1,16 @@
 """automl_prune: plugin-based AutoML compression for computer-vision models."""
 
+from pathlib import Path
+
+from torch import nn
+
 from automl_prune.hookspecs import hookimpl
 from automl_prune.strategy import Candidate, Context, Strategy
 
 __version__ = "0.1.0"
 
 
-def load(path):  # noqa: ANN001, ANN201 - thin re-export, documented in pruning.persistence
+def load(path: str | Path) -> nn.Module:
     """Rebuild a pruned model saved by automl_prune (architecture spec JSON + safetensors)."""
     from automl_prune.pruning.persistence import load_pruned
 

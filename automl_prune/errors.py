@@ -32,7 +32,7 @@ class UnknownNameError(AutomlPruneError):
         hint = f"did you mean {close[0]!r}? " if close else ""
         super().__init__(
             f"unknown {kind} {name!r}",
-            f"{hint}known {kind}s: {', '.join(known) or '(none)'}; "
+            f"{hint}known names: {', '.join(known) or '(none)'}; "
             "`automl-prune plugins` lists them and where they come from",
         )
         self.name = name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,20 +27,51 @@ def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = model.training
     model.eval()
+    fix = (
+        "the model's forward must be traceable by torch.jit.trace: tensor inputs, tensor outputs, no "
+        "data-dependent Python control flow; wrap or simplify the forward"
+    )
     try:
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        logging.getLogger("fvcore").setLevel(logging.ERROR)
-        return int(analysis.total())
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is the model's, reported as such
+        with torch.no_grad():
+            output = model(*inputs)
+        if not _all_tensors(output):
+            raise ModelError(
+                f"cannot trace {type(model).__name__}: its forward returns {_describe(output)}", fix
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's use of torch.jit.script is deprecated, not broken
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            logging.getLogger("fvcore").setLevel(logging.ERROR)
+            total = int(analysis.total())
+    except ModelError:
+        raise
+    except Exception as exc:
         raise ModelError(
-            f"cannot trace {type(model).__name__} to count its FLOPs: {type(exc).__name__}: {exc}",
-            "the model's forward must be traceable by torch.jit.trace (no data-dependent Python "
-            "control flow, tensor inputs and outputs); wrap or simplify the forward",
+            f"cannot trace {type(model).__name__} to count its FLOPs: {type(exc).__name__}: {exc}", fix
         ) from exc
     finally:
         model.train(was_training)
+    if total == 0 and count_params(model) > 0:
+        raise ModelError(f"cannot trace {type(model).__name__}: fvcore counted no FLOPs in its forward", fix)
+    return total
+
+
+def _all_tensors(output: object) -> bool:
+    if isinstance(output, torch.Tensor):
+        return True
+    if isinstance(output, (tuple, list)):
+        return bool(output) and all(_all_tensors(o) for o in output)
+    if isinstance(output, dict):
+        return bool(output) and all(_all_tensors(o) for o in output.values())
+    return False
+
+
+def _describe(output: object) -> str:
+    if isinstance(output, dict):
+        return "a dict with " + ", ".join(f"{k!r}: {type(v).__name__}" for k, v in output.items())
+    return f"a {type(output).__name__}"
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,8 +1,9 @@
 """The plugin contract: every hook a plugin may implement.
 
 Registration hooks receive a ``register`` callback (as in llm and datasette) and call it once per thing
-they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker; their return
-values are ignored. Implement them with ``automl_prune.hookimpl``::
+they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker; only
+``search_finished`` may return something: a line for the user's terminal. Implement them with
+``automl_prune.hookimpl``::
 
     from automl_prune import hookimpl
 
@@ -70,5 +71,8 @@ def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
 
 
 @hookspec
-def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord]) -> None:
-    """All trials ended; ``front`` is the Pareto front (quality max, FLOPs min) of the feasible trials."""
+def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord]) -> str | None:
+    """All trials ended; ``front`` is the Pareto front (quality max, FLOPs min) of the feasible trials.
+
+    Return a one-line summary to print after the front (e.g. where the runs went), or None.
+    """

@@ -16,6 +16,7 @@ from typing import Any
 import pluggy
 
 from automl_prune import hookspecs
+from automl_prune.errors import UnknownNameError
 from automl_prune.registry import Registry
 
 ENTRY_POINT_GROUP = "automl_prune"
@@ -46,6 +47,16 @@ class Plugins:
     @property
     def hook(self) -> Any:
         return self.pm.hook
+
+    def strategy(self, name: str) -> Any:
+        """The strategy class ``name``; an unknown name also lists plugins that failed to load."""
+        try:
+            return self.strategies.get(name)
+        except UnknownNameError as exc:
+            if self.failures:
+                broken = "; ".join(f"{f.name} ({f.error})" for f in self.failures)
+                exc.fix += f"; plugins that failed to load: {broken}"
+            raise
 
 
 def _register_strategy(registry: Registry[Any], strategy_cls: Any, *, source: str) -> None:
@@ -85,7 +96,7 @@ def load_plugins(extra: list[Any] | None = None) -> Plugins:
         try:
             module = ep.load()
             pm.register(module, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
+        except Exception as exc:
             plugins.failures.append(PluginFailure(ep.name, ep.value, f"{type(exc).__name__}: {exc}"))
             log.warning("plugin %r (%s) failed to load: %s", ep.name, ep.value, exc)
             continue

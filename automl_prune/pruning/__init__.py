@@ -1,0 +1,44 @@
+"""The pruning toolbox that strategies share.
+
+``analyze`` finds the channel groups torch-pruning couples; ``ChannelGates`` masks them (after
+normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoid`` propose gates;
+``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates;
+``log_hinge``/``log_abs`` turn it into a budget loss; ``keep_for_target`` picks channels by importance
+under a FLOPs target; ``slice_model`` removes channels physically;
+``save_pruned``/``load_pruned`` store pruned models without pickle; ``export_*`` write TorchScript/ONNX.
+"""
+
+from automl_prune.pruning.export import export_onnx, export_torchscript
+from automl_prune.pruning.flops_model import GatedFlops
+from automl_prune.pruning.gates import ChannelGates
+from automl_prune.pruning.generator import ArchitectureGenerator
+from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member, analyze
+from automl_prune.pruning.gumbel import deterministic_gates, gumbel_sigmoid
+from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
+from automl_prune.pruning.resource import log_abs, log_hinge
+from automl_prune.pruning.selection import global_keep, keep_for_target, uniform_keep
+from automl_prune.pruning.surgery import hard_keep, slice_model
+
+__all__ = [
+    "ArchitectureGenerator",
+    "ChannelGates",
+    "ChannelGroup",
+    "DependencyAnalysis",
+    "GatedFlops",
+    "Member",
+    "analyze",
+    "deterministic_gates",
+    "export_onnx",
+    "export_torchscript",
+    "global_keep",
+    "gumbel_sigmoid",
+    "hard_keep",
+    "keep_for_target",
+    "load_pruned",
+    "log_abs",
+    "log_hinge",
+    "read_spec",
+    "save_pruned",
+    "slice_model",
+    "uniform_keep",
+]

@@ -556,8 +556,9 @@ def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
 
 
 @hookimpl
-def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord]) -> None:
-    """Log the Pareto front on the parent run, end it, then promote the best point under the budget."""
+def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord]) -> str:
+    """Log the Pareto front on the parent run, end it, promote the best point under the budget, and
+    return the decision as a line for the terminal."""
     from automl_prune.tracking.registry import promote
 
     uri, client = open_client(search)
@@ -582,3 +583,4 @@ def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[T
     with tracking_errors(uri, "promoting the best Pareto point"):
         decision = promote(client, search, front, trials)
     log.info("MLflow promotion: %s", decision.summary())
+    return f"MLflow ({redact(uri)}): {decision.summary()}"

@@ -1,0 +1,296 @@
+"""The ``automl-prune`` command line: plugins, search, prune, evaluate, export, promote, front."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from automl_prune.errors import AutomlPruneError
+from automl_prune.io import atomic_write_text, cache_dir
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="AutoML pruning of vision models: strategies as plugins, Optuna/Ray search under FLOPs budgets.",
+)
+console = Console()
+
+ModelOpt = Annotated[str, typer.Option(help="Registered model name or `package.module:factory`.")]
+DataOpt = Annotated[str, typer.Option(help="Dataset: `digits`, `fashion-mnist`, `folder:PATH`, ...")]
+WeightsOpt = Annotated[
+    str | None, typer.Option(help="Local weights of the base model (.safetensors or a torch state dict).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a parameter: name=value or name=lo..hi.")
+]
+ModelArgOpt = Annotated[
+    list[str] | None, typer.Option("--model-arg", help="Model factory argument key=value.")
+]
+DataArgOpt = Annotated[list[str] | None, typer.Option("--data-arg", help="Dataset option key=value.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (CI).")]
+
+
+@app.command()
+def plugins() -> None:
+    """List strategies, models, datasets and tasks, and the plugin each comes from."""
+    from automl_prune.plugins import get_plugins
+
+    loaded = get_plugins()
+    table = Table(title="strategies")
+    for column in ("name", "tasks", "from", "description"):
+        table.add_column(column)
+    for entry in loaded.strategies:
+        table.add_row(entry.name, ", ".join(entry.meta["tasks"]), entry.source, entry.obj.description)
+    console.print(table)
+    for title, registry in (("models", loaded.models), ("datasets", loaded.datasets)):
+        table = Table(title=title)
+        for column in ("name", "task", "from", "description"):
+            table.add_column(column)
+        for entry in registry:
+            table.add_row(
+                entry.name, entry.meta.get("task", ""), entry.source, entry.meta.get("description", "")
+            )
+        console.print(table)
+    console.print(
+        "tasks: " + ", ".join(f"{e.name} ({e.obj.quality_metric}; {e.source})" for e in loaded.tasks)
+    )
+    for failure in loaded.failures:
+        console.print(f"[red]plugin {failure.name!r} ({failure.value}) failed to load:[/] {failure.error}")
+
+
+def _config(**kwargs: object):
+    from automl_prune.search.config import SearchConfig, parse_key_values
+
+    kwargs["model_args"] = parse_key_values(kwargs.pop("model_arg"), "--model-arg")
+    kwargs["data_args"] = parse_key_values(kwargs.pop("data_arg"), "--data-arg")
+    kwargs["overrides"] = list(kwargs.pop("set") or [])
+    return SearchConfig(**kwargs)
+
+
+@app.command()
+def search(
+    strategy: Annotated[str, typer.Option(help="Strategy name (see `automl-prune plugins`).")],
+    model: ModelOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Run directory: study, trials, Pareto front, MLflow store.")],
+    trials: Annotated[int, typer.Option(help="Number of trials.")] = 8,
+    max_flops: Annotated[
+        str | None, typer.Option(help="FLOPs budget: ratio of the base model (0.5) or absolute (20M, 1.2G).")
+    ] = None,
+    weights: WeightsOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    space: Annotated[
+        str | None, typer.Option(help="Search-space YAML (default: the strategy's own).")
+    ] = None,
+    set: SetOpt = None,
+    backend: Annotated[str, typer.Option(help="optuna (in-process) or ray (Ray Tune).")] = "optuna",
+    sampler: Annotated[str, typer.Option(help="nsga2 or tpe.")] = "nsga2",
+    workers: Annotated[int, typer.Option(help="Concurrent trials (ray backend).")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    base_epochs: Annotated[int, typer.Option(help="Epochs to train the base model when no --weights.")] = 10,
+    base_lr: float = 0.05,
+    batch_size: int = 64,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking server (default: SQLite in the run directory).")
+    ] = None,
+    registered_model: Annotated[str | None, typer.Option(help="Registry name for the champion.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the search in --out without redoing trials.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Search a strategy's hyperparameters and budgets; print and save the Pareto front."""
+    from automl_prune.search.orchestrator import run_search
+
+    config = _config(
+        strategy=strategy,
+        model=model,
+        data=data,
+        out=str(out),
+        trials=trials,
+        max_flops=max_flops,
+        weights=weights,
+        model_arg=model_arg,
+        data_arg=data_arg,
+        space=space,
+        set=set,
+        backend=backend,
+        sampler=sampler,
+        workers=workers,
+        address=address,
+        seed=seed,
+        device=device,
+        base_epochs=base_epochs,
+        base_lr=base_lr,
+        batch_size=batch_size,
+        tracking_uri=tracking_uri,
+        registered_model=registered_model,
+        quiet=quiet,
+    )
+    run_search(config, resume=resume, console=Console(quiet=False))
+
+
+@app.command()
+def prune(
+    strategy: Annotated[str, typer.Option(help="Strategy name.")],
+    model: ModelOpt,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Where to write the pruned model.")],
+    max_flops: Annotated[str | None, typer.Option(help="FLOPs budget (ratio or absolute).")] = None,
+    weights: WeightsOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_arg: DataArgOpt = None,
+    space: Annotated[str | None, typer.Option(help="Search-space YAML for the defaults.")] = None,
+    set: SetOpt = None,
+    seed: int = 0,
+    device: str = "cpu",
+    base_epochs: int = 10,
+    base_lr: float = 0.05,
+    batch_size: int = 64,
+    quiet: QuietOpt = False,
+) -> None:
+    """One run with the space's defaults (and --set values): no search."""
+    from automl_prune.search.setup import plan_search, prepare_search
+    from automl_prune.search.trial import run_trial
+
+    config = _config(
+        strategy=strategy,
+        model=model,
+        data=data,
+        out=str(out),
+        trials=1,
+        max_flops=max_flops,
+        weights=weights,
+        model_arg=model_arg,
+        data_arg=data_arg,
+        space=space,
+        set=set,
+        seed=seed,
+        device=device,
+        base_epochs=base_epochs,
+        base_lr=base_lr,
+        batch_size=batch_size,
+        quiet=quiet,
+    )
+    prepared = prepare_search(plan_search(config))
+    record = run_trial(prepared, prepared.plan.space.defaults(), 0, out=out)
+    if record.state != "complete":
+        raise AutomlPruneError(f"pruning failed: {record.error}", f"see {out / 'error.txt'}")
+    base = prepared.base
+    console.print_json(
+        json.dumps(
+            {
+                "model_dir": record.model_dir,
+                "params": record.params,
+                f"val_{prepared.plan.task.quality_metric}": record.quality,
+                "flops": record.flops,
+                "flops_ratio": record.flops / base["flops"],
+                "n_params": record.n_params,
+                "latency_ms": record.latency_ms,
+                "base": base,
+                **record.metrics,
+            }
+        )
+    )
+
+
+@app.command()
+def evaluate(
+    path: Annotated[Path, typer.Argument(help="A saved pruned model directory.")],
+    data: Annotated[str | None, typer.Option(help="Dataset (default: the one it was pruned on).")] = None,
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> None:
+    """Quality, FLOPs, parameters and latency of a saved model."""
+    from automl_prune.evaluation import evaluate_saved
+
+    console.print_json(
+        json.dumps(evaluate_saved(path, data=data, split=split, device=device, batch_size=batch_size))
+    )
+
+
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(help="A saved pruned model directory.")],
+    format: Annotated[str, typer.Option(help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")] = None,
+) -> None:
+    """Export a saved model to ONNX or TorchScript at its recorded input shape (batch 1)."""
+    from automl_prune.evaluation import export_saved
+
+    console.print(f"wrote {export_saved(path, format, out)}")
+
+
+@app.command()
+def promote(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of an earlier search.")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow server (default: the run's store).")
+    ] = None,
+    registered_model: Annotated[str | None, typer.Option(help="Registry name.")] = None,
+) -> None:
+    """Register an earlier search's best point under its budget; move `champion` if it is better."""
+    from automl_prune.tracking.registry import promote_search
+
+    decision = promote_search(run_dir, tracking_uri=tracking_uri, registered_model=registered_model)
+    console.print(decision)
+
+
+@app.command()
+def front(run_dir: Annotated[Path, typer.Argument(help="Run directory of an earlier search.")]) -> None:
+    """Print the Pareto front of an earlier search."""
+    from automl_prune.search.orchestrator import load_info, load_records
+    from automl_prune.search.pareto import front_table, pareto_front
+
+    info = load_info(run_dir)
+    records = load_records(run_dir)
+    console.print(front_table(pareto_front(records), info, len(records)))
+
+
+def _fail(problem: str, fix: str, status: int) -> None:
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err.print(f"[bold red]error:[/] {problem}")
+    if fix:
+        err.print(f"  [bold]fix:[/] {fix}")
+    sys.exit(status)
+
+
+def main() -> None:
+    """Console entry point: errors print what is wrong and how to fix it (exit 2), never a traceback.
+
+    An unexpected exception (a bug, or a model the strategy cannot handle) is reported the same way,
+    with the full traceback written to a file for the bug report.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        app()
+    except AutomlPruneError as exc:
+        _fail(exc.problem, exc.fix, 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", "finished trials are kept: run the same command with --resume", 130)
+    except Exception as exc:
+        log = cache_dir() / "last_error.txt"
+        atomic_write_text(log, traceback.format_exc())
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc}",
+            f"the full traceback is in {log}; if the input looks right, please report it",
+            1,
+        )

@@ -1,0 +1,175 @@
+"""A differentiable FLOPs count of a gated network, exact for hard gates.
+
+fvcore's per-module counts of the full model are the calibration: a conv or linear layer costs
+F * (kept in / in) * (kept out / out), a depthwise conv or a norm F * (kept / channels), where "kept"
+sums the gates of the member channels, so removing a group's channel also thins the next layer's
+input. fvcore's count of such a layer is a product of its channel counts times a shape constant, which
+makes this formula exact for a physically sliced model.
+
+What fvcore counts outside those layers (adaptive pooling, upsampling, functional ops in a forward) is
+the remainder. It is modelled as linear in each group's kept channels, its slopes measured on sliced
+copies: one probe at the minimum architecture, and only if the remainder moved, a bisection over the
+groups (a group's slope is non-negative: fewer channels never cost more). A last probe at another
+architecture checks the fit, so an op whose count is not linear in channels is an error, never a
+silently wrong budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import accumulate
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from automl_prune.errors import ModelError
+from automl_prune.flops import count_flops
+from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis
+from automl_prune.pruning.surgery import hard_keep, slice_model
+
+Input = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class GatedFlops:
+    """FLOPs of ``model`` (fvcore convention, at ``example_input``) as a function of the group gates.
+
+    ``flops(gates)`` takes ``{key: gate vector}`` (soft or hard; groups left out are open) and returns a
+    float64 scalar on the gates' device; for 0/1 gates it equals ``count_flops`` of the sliced model.
+    ``full`` is the count of the unpruned model.
+    """
+
+    def __init__(self, model: nn.Module, analysis: DependencyAnalysis, example_input: Input) -> None:
+        self.analysis = analysis
+        self._offsets = dict(zip(analysis.keys, accumulate(analysis.sizes, initial=0), strict=False))
+        counts = _module_counts(model, example_input)
+        self.full = counts.pop("")
+        self._index_layers(dict(model.named_modules()), counts)
+        self._remainder = float(self.full - sum(counts.values()))
+        self._slopes = torch.zeros(sum(analysis.sizes), dtype=torch.float64)
+        self._fit_remainder(model, example_input)
+
+    def __call__(self, gates: dict[str, torch.Tensor]) -> torch.Tensor:
+        dropped = 1 - self._flat(gates)
+        flops = self._layers(dropped) + self._remainder - (self._slopes * dropped).sum()
+        return flops.to(next(iter(gates.values())).device if gates else "cpu")
+
+    def min_flops(self) -> int:
+        """FLOPs with every group cut to one unit: the smallest architecture slicing can make."""
+        return round(float(self(self._min_gates())))
+
+    def _flat(self, gates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """All gates in one CPU float64 vector (the counts exceed float32's exact integers)."""
+        unknown = set(gates) - set(self._offsets)
+        if unknown:
+            raise KeyError(f"no channel groups {sorted(unknown)} in this model")
+        parts = [gates.get(g.key, torch.ones(g.size)) for g in self.analysis]
+        return torch.cat([p.to("cpu", torch.float64) for p in parts])
+
+    def _layers(self, dropped: torch.Tensor) -> torch.Tensor:
+        kept_in = self._in_total - torch.zeros_like(self._in_total).index_add(
+            0, self._in_rows, dropped[self._in_channels]
+        )
+        kept_out = self._out_total - torch.zeros_like(self._out_total).index_add(
+            0, self._out_rows, dropped[self._out_channels]
+        )
+        return (self._flops * kept_in / self._in_total * kept_out / self._out_total).sum()
+
+    def _index_layers(self, modules: dict[str, nn.Module], counts: dict[str, int]) -> None:
+        """Per-layer fvcore counts and, per layer side, which gate channels thin it."""
+        row = {name: i for i, name in enumerate(counts)}
+        self._flops = torch.tensor(list(counts.values()), dtype=torch.float64)
+        totals = torch.tensor([_channels(modules[name]) for name in counts], dtype=torch.float64)
+        self._in_total, self._out_total = totals.view(-1, 2).unbind(1)
+        sides: dict[str, tuple[list[int], list[int]]] = {"in": ([], []), "out": ([], [])}
+        for group in self.analysis:
+            for m in group.members:
+                if m.module in row:
+                    rows, channels = sides[m.side]
+                    rows.extend([row[m.module]] * len(m.idxs))
+                    channels.extend(self._offsets[group.key] + c for c in m.channels)
+        self._in_rows, self._in_channels = (torch.tensor(v, dtype=torch.long) for v in sides["in"])
+        self._out_rows, self._out_channels = (torch.tensor(v, dtype=torch.long) for v in sides["out"])
+
+    def _fit_remainder(self, model: nn.Module, example_input: Input) -> None:
+        def drop(keys: list[str]) -> float:
+            """How much the remainder falls when the groups ``keys`` are cut to one unit."""
+            gates = {k: v for k, v in self._min_gates().items() if k in keys}
+            sliced = slice_model(model, example_input, hard_keep(gates), self.analysis)
+            modelled = float(self._layers(1 - self._flat(gates))) + self._remainder
+            return modelled - count_flops(sliced, example_input)
+
+        stack = [(self.analysis.keys, drop(self.analysis.keys))]
+        while stack:
+            keys, total = stack.pop()
+            if total == 0:
+                continue
+            if len(keys) == 1:
+                group = self.analysis[keys[0]]
+                start = self._offsets[group.key]
+                self._slopes[start : start + group.size] = total / (group.size - group.unit)
+                continue
+            half = keys[: len(keys) // 2]
+            half_total = drop(half)
+            stack += [(half, half_total), (keys[len(keys) // 2 :], total - half_total)]
+        self._check_fit(model, example_input)
+
+    def _check_fit(self, model: nn.Module, example_input: Input) -> None:
+        """Compare with fvcore at a second architecture: half of every group's units kept."""
+        half = {g.key: _first_units(g, max(g.units // 2, 1)) for g in self.analysis}
+        sliced = slice_model(model, example_input, hard_keep(half), self.analysis)
+        measured, modelled = count_flops(sliced, example_input), float(self(half))
+        if round(modelled) != measured:
+            raise ModelError(
+                f"fvcore counts {measured} FLOPs for a sliced {type(model).__name__} but the gated FLOPs "
+                f"model gives {modelled:.0f}: an op counted outside conv/linear/norm layers is not "
+                "linear in the channel counts (e.g. a matmul between two pruned tensors), or a layer's "
+                "count is not proportional to its channels",
+                "pass the layers that feed that op in ignored_layers, so their channels stay fixed",
+            )
+
+    def _min_gates(self) -> dict[str, torch.Tensor]:
+        return {g.key: _first_units(g, 1) for g in self.analysis}
+
+
+def _first_units(group: ChannelGroup, units: int) -> torch.Tensor:
+    """0/1 gates that keep the first ``units`` units of ``group``."""
+    return (torch.arange(group.size) < units * group.unit).double()
+
+
+def _channels(module: nn.Module) -> tuple[int, int]:
+    """(in, out) channels of a layer whose count scales with both; norms and depthwise convs scale
+    with one channel count, given as out (their members are all out-side)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        depthwise = tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV
+        return (1 if depthwise else module.in_channels), module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.GroupNorm):
+        return 1, module.num_channels
+    if isinstance(module, nn.LayerNorm):
+        return 1, module.normalized_shape[-1]
+    return 1, module.num_features
+
+
+def _module_counts(model: nn.Module, example_input: Input) -> dict[str, int]:
+    """fvcore counts of the whole model (key "") and of each conv, linear and norm layer."""
+    from fvcore.nn import FlopCountAnalysis
+
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    was_training = model.training
+    model.eval()
+    try:
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        by_module = analysis.by_module()
+    finally:
+        model.train(was_training)
+    layers = {
+        name: int(by_module[name])
+        for name, module in model.named_modules()
+        if isinstance(module, (*LAYERS, *NORMS)) and by_module.get(name)
+    }
+    return {"": int(by_module[""]), **layers}

@@ -1,0 +1,206 @@
+"""Which channels must be pruned together: torch-pruning's dependency graph, named and ordered.
+
+torch-pruning traces the model and couples every layer whose channels are tied (residual adds,
+concatenations, depthwise convs, norms). This module turns its groups into plain records keyed by
+module names, so gates, the FLOPs model, surgery and persistence can work on deep copies of the model
+and agree on which channel is which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from automl_prune.errors import ModelError
+
+LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+
+@dataclass(frozen=True)
+class Member:
+    """Channels ``idxs`` of one side of ``module``; ``channels[i]`` is the group channel of ``idxs[i]``.
+
+    Sorted by group channel. A concatenation consumer gets offset idxs (its input channels 32..47 may
+    be channels 0..15 of the group); a flatten consumer repeats each group channel.
+    """
+
+    module: str
+    side: Literal["in", "out"]
+    idxs: tuple[int, ...]
+    channels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are kept or removed together across all ``members``.
+
+    ``key`` is the root module's qualified name. ``unit`` channels (a GroupNorm group) go together.
+    ``gate_points`` are the out-members whose outputs a gate multiplies: every norm, and every conv or
+    linear layer whose output does not go straight into a norm.
+    """
+
+    key: str
+    size: int
+    unit: int
+    members: tuple[Member, ...]
+    gate_points: tuple[Member, ...]
+
+    @property
+    def units(self) -> int:
+        return self.size // self.unit
+
+
+class DependencyAnalysis:
+    """The prunable channel groups of one model, in module order, plus the live torch-pruning graph."""
+
+    def __init__(self, model: nn.Module, graph: tp.DependencyGraph, tp_groups: dict[str, tp.Group]) -> None:
+        self.model = model
+        self.graph = graph
+        self._tp_groups = tp_groups
+        names = {module: name for name, module in model.named_modules()}
+        self.groups = [_channel_group(key, group, graph, names) for key, group in tp_groups.items()]
+        self._by_key = {g.key: g for g in self.groups}
+
+    def __getitem__(self, key: str) -> ChannelGroup:
+        return self._by_key[key]
+
+    def __iter__(self) -> Iterator[ChannelGroup]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def keys(self) -> list[str]:
+        return [g.key for g in self.groups]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [g.size for g in self.groups]
+
+    @property
+    def units(self) -> list[int]:
+        return [g.unit for g in self.groups]
+
+    def importance(self, criterion: Callable[[tp.Group], torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """Per-channel scores of a torch-pruning importance (``tp.importance.GroupMagnitudeImportance()``,
+        ``TaylorImportance()`` after a backward pass, ...) on the analysed model's current weights.
+        Groups the criterion cannot score (it returns None) are left out."""
+        scores = {key: criterion(group) for key, group in self._tp_groups.items()}
+        return {key: s.detach().flatten() for key, s in scores.items() if s is not None}
+
+
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    ignored_layers: list[nn.Module] | None = None,
+) -> DependencyAnalysis:
+    """Trace ``model`` and find its prunable channel groups.
+
+    Layers that produce the network's output (a classifier, a U-Net's last conv) are never pruned: their
+    channels are the task's classes or image channels. Pass further layers to keep in ``ignored_layers``.
+    """
+    was_training = model.training
+    try:
+        with torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+    except Exception as exc:  # any tracing failure is the model's, reported as such
+        raise ModelError(
+            f"torch-pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}",
+            "the forward must run on the example input with autograd enabled and use nn.Module layers",
+        ) from exc
+    finally:
+        model.train(was_training)
+    ignored = [*(ignored_layers or []), *_output_layers(graph)]
+    order = {module: i for i, module in enumerate(model.modules())}
+    groups = sorted(graph.get_all_groups(ignored_layers=ignored), key=lambda g: order[g[0].dep.target.module])
+    names = {module: name for name, module in model.named_modules()}
+    return DependencyAnalysis(model, graph, {names[g[0].dep.target.module]: g for g in groups})
+
+
+def _output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Conv/linear layers whose output reaches the network output through channel-preserving ops."""
+    found, seen = [], set()
+    stack = [node for node in graph.module2node.values() if not node.outputs]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node.module, LAYERS):
+            found.append(node.module)
+        else:
+            stack.extend(node.inputs)
+    return found
+
+
+def _channel_group(
+    key: str, group: tp.Group, graph: tp.DependencyGraph, names: dict[nn.Module, str]
+) -> ChannelGroup:
+    members: list[Member] = []
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, nn.Parameter):
+            raise ModelError(
+                f"channel group {key!r} reaches a bare nn.Parameter, which this toolbox cannot slice",
+                f"pass the layer {key!r} in ignored_layers, or wrap the parameter in an nn.Module",
+            )
+        if module not in names:  # torch-pruning's stand-ins for functional ops (add, cat, reshape)
+            continue
+        side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
+        pairs = sorted(zip(item.root_idxs, item.idxs, strict=True))
+        members.append(
+            Member(names[module], side, tuple(i for _, i in pairs), tuple(int(c) for c, _ in pairs))
+        )
+    size = len(group[0].idxs)
+    modules = {name: module for module, name in names.items()}
+    unit = _unit(key, members, modules)
+    if size % unit:
+        raise ModelError(
+            f"channel group {key!r} has {size} channels, not a multiple of its GroupNorm groups ({unit})",
+            "give the layers a width divisible by the GroupNorm group size, or ignore the layer",
+        )
+    return ChannelGroup(key, size, unit, tuple(members), _gate_points(members, graph, modules))
+
+
+def _unit(key: str, members: list[Member], modules: dict[str, nn.Module]) -> int:
+    """GroupNorm normalises groups of channels jointly, so whole GroupNorm groups are kept or removed."""
+    unit = 1
+    for m in members:
+        norm = modules[m.module]
+        if not isinstance(norm, nn.GroupNorm):
+            continue
+        per_group = norm.num_channels // norm.num_groups
+        idxs = torch.tensor(m.idxs)
+        blocks = idxs.view(-1, per_group) if len(idxs) % per_group == 0 else idxs.view(1, -1)
+        whole = torch.equal(blocks, blocks[:, :1] + torch.arange(blocks.shape[1]))
+        if blocks.shape[1] != per_group or not whole or (blocks[:, 0] % per_group).any():
+            raise ModelError(
+                f"channel group {key!r} splits the groups of GroupNorm {m.module!r}",
+                "use GroupNorm right after the conv it normalises, or ignore the conv",
+            )
+        unit = math.lcm(unit, per_group)
+    return unit
+
+
+def _gate_points(
+    members: list[Member], graph: tp.DependencyGraph, modules: dict[str, nn.Module]
+) -> tuple[Member, ...]:
+    """Gate after normalisation, so a masked model computes exactly what the sliced model computes."""
+    points = []
+    for m in members:
+        module = modules[m.module]
+        if m.side != "out" or not isinstance(module, (*LAYERS, *NORMS)):
+            continue
+        consumers = graph.module2node[module].outputs
+        if isinstance(module, LAYERS) and len(consumers) == 1 and isinstance(consumers[0].module, NORMS):
+            continue  # the norm that follows is gated instead
+        points.append(m)
+    return tuple(points)

@@ -1,0 +1,211 @@
+"""Pruned models on disk without pickle: ``spec.json`` + ``model.safetensors`` in one directory.
+
+A pruned model is its base architecture (a ``ModelRef`` plus the ``DataInfo`` it was built for) with
+some layers reshaped or dropped. The spec records, for every module that differs from a fresh base
+build, its type and constructor arguments; loading builds the base, swaps those modules for fresh ones
+of the recorded shape and loads the weights strictly. Nothing is unpickled, so a saved model cannot run
+code, and a pruned model whose class cannot rebuild itself (e.g. diffusers' ``from_pretrained``) still
+loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from automl_prune.data.base import DataInfo
+from automl_prune.errors import CheckpointError
+from automl_prune.models.base import ModelRef
+from automl_prune.models.registry import build_model
+
+FORMAT = "automl_prune.pruned"
+FORMAT_VERSION = 1
+SPEC = "spec.json"
+WEIGHTS = "model.safetensors"
+
+_CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")
+_CONV_ND = (*_CONV, "padding_mode")
+_CONV_T = (*_CONV, "output_padding")
+_NORM = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+# Constructor arguments read back from each layer type that pruning may reshape.
+SHAPES: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.Conv1d: _CONV_ND,
+    nn.Conv2d: _CONV_ND,
+    nn.Conv3d: _CONV_ND,
+    nn.ConvTranspose1d: _CONV_T,
+    nn.ConvTranspose2d: _CONV_T,
+    nn.ConvTranspose3d: _CONV_T,
+    nn.Linear: ("in_features", "out_features", "bias"),
+    nn.BatchNorm1d: _NORM,
+    nn.BatchNorm2d: _NORM,
+    nn.BatchNorm3d: _NORM,
+    nn.InstanceNorm1d: _NORM,
+    nn.InstanceNorm2d: _NORM,
+    nn.InstanceNorm3d: _NORM,
+    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
+    nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
+    nn.Identity: (),
+}
+_BY_NAME = {cls.__name__: cls for cls in SHAPES}
+
+
+def save_pruned(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    model_ref: ModelRef,
+    info: DataInfo,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to the directory ``path`` atomically (an existing one is replaced only once the
+    new one is complete). ``metadata`` is free JSON kept in the spec (budget, trial, quality...)."""
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_ref": model_ref.to_dict(),
+        "data_info": asdict(info),
+        "modules": _changed_modules(model, build_model(model_ref, info)),
+        "metadata": metadata or {},
+    }
+    try:
+        text = json.dumps(spec, indent=2)
+    except TypeError as exc:
+        raise CheckpointError(
+            f"cannot write the spec of a pruned model: {exc}",
+            "metadata, model arguments and DataInfo.extra must be JSON values (str, number, list, dict)",
+        ) from exc
+    _check_rebuild(model, spec)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        (tmp / SPEC).write_text(text)
+        save_model(model, str(tmp / WEIGHTS), force_contiguous=True)
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``; an existing ``path`` is moved aside first and put back on failure."""
+    if not path.exists():
+        new.rename(path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    path.rename(aside / path.name)
+    try:
+        new.rename(path)
+    except OSError:
+        (aside / path.name).rename(path)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The parsed ``spec.json`` of a saved pruned model (architecture, data facts, metadata)."""
+    file = Path(path) / SPEC
+    fix = "give the directory written by save_pruned; save the model again if the file is damaged"
+    if not file.is_file():
+        raise CheckpointError(f"{path} is not a saved pruned model: {SPEC} not found", fix)
+    try:
+        spec = json.loads(file.read_text())
+        parts = (spec["model_ref"], spec["data_info"], spec["modules"])
+        ok = spec["format"] == FORMAT and all(isinstance(part, dict) for part in parts)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file} is corrupt: {type(exc).__name__}: {exc}", fix) from exc
+    if not ok:
+        raise CheckpointError(f"{file} is not a pruned-model spec", fix)
+    if spec.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format version {spec['format_version']}; this automl_prune reads up to "
+            f"{FORMAT_VERSION}",
+            "upgrade automl-prune",
+        )
+    return spec
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned`, with its weights, in eval mode."""
+    spec = read_spec(path)
+    model = _rebuild(spec)
+    weights = Path(path) / WEIGHTS
+    try:
+        load_model(model, str(weights), strict=True)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot load {weights}: {type(exc).__name__}: {str(exc)[:300].strip()}",
+            "the weights file is missing, truncated or from another model; save the model again",
+        ) from exc
+    return model.eval()
+
+
+def _rebuild(spec: dict[str, Any]) -> nn.Module:
+    info = dict(spec["data_info"])
+    info["image_size"] = tuple(info["image_size"])
+    model = build_model(ModelRef.from_dict(spec["model_ref"]), DataInfo(**info))
+    for name, shape in spec["modules"].items():
+        args = {k: v for k, v in shape.items() if k != "type"}
+        try:
+            model.set_submodule(name, _BY_NAME[shape["type"]](**args))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(
+                f"the spec's entry for module {name!r} cannot be built: {type(exc).__name__}: {exc}",
+                "the spec is damaged or from another model; save the model again",
+            ) from exc
+    return model
+
+
+def _describe(module: nn.Module) -> dict[str, Any] | None:
+    """The constructor arguments that rebuild ``module``'s shape, or None for a type not in SHAPES."""
+    keys = SHAPES.get(type(module))
+    if keys is None:
+        return None
+    shape: dict[str, Any] = {"type": type(module).__name__}
+    for key in keys:
+        value = getattr(module, key)
+        if key == "bias":  # the constructor takes whether there is one
+            value = value is not None
+        shape[key] = list(value) if isinstance(value, tuple) else value
+    return shape
+
+
+def _changed_modules(model: nn.Module, base: nn.Module) -> dict[str, dict[str, Any]]:
+    base_modules = dict(base.named_modules())
+    changed = {}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        shape = _describe(module)
+        original = base_modules.get(name)
+        if original is not None and shape == _describe(original) and type(module) is type(original):
+            continue
+        if shape is None:
+            raise CheckpointError(
+                f"cannot save module {name!r} ({type(module).__name__}): it differs from the base "
+                "architecture and only reshaped conv, linear and norm layers or Identity can be recorded",
+                "prune with the toolbox's slice_model, or save a model whose other modules are unchanged",
+            )
+        changed[name] = shape
+    return changed
+
+
+def _check_rebuild(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Fail at save time, not at load time, when the spec cannot reproduce ``model``'s tensors."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    rebuilt = {k: tuple(v.shape) for k, v in _rebuild(spec).state_dict().items()}
+    if rebuilt != expected:
+        differ = sorted(set(expected.items()) ^ set(rebuilt.items()))[:3]
+        raise CheckpointError(
+            f"the pruned model cannot be rebuilt from its base architecture; tensors differ: {differ}",
+            "check that model_ref and info describe the model this one was pruned from",
+        )

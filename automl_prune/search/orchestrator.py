@@ -1,0 +1,127 @@
+"""The search orchestrator: plan, prepare, run trials on a backend, write the Pareto front, notify plugins."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from automl_prune import __version__
+from automl_prune.errors import AutomlPruneError
+from automl_prune.flops import FLOPS_CONVENTION
+from automl_prune.io import atomic_write_text
+from automl_prune.latency import latency_convention
+from automl_prune.plugins import get_plugins
+from automl_prune.search.config import SearchConfig
+from automl_prune.search.pareto import front_table, pareto_front, write_front
+from automl_prune.search.records import SearchInfo, TrialRecord
+from automl_prune.search.setup import plan_search, prepare_search, resolve_device
+
+SEARCH_FILE = "search.json"
+TRIALS_FILE = "trials.jsonl"
+
+
+@dataclass
+class SearchResult:
+    info: SearchInfo
+    trials: list[TrialRecord]
+    front: list[TrialRecord]
+
+
+def load_records(run_dir: Path) -> list[TrialRecord]:
+    path = run_dir / TRIALS_FILE
+    if not path.exists():
+        return []
+    return [TrialRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_records(run_dir: Path, records: list[TrialRecord]) -> None:
+    atomic_write_text(run_dir / TRIALS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in records))
+
+
+def load_info(run_dir: Path) -> SearchInfo:
+    path = Path(run_dir) / SEARCH_FILE
+    if not path.exists():
+        raise AutomlPruneError(
+            f"{run_dir} holds no search ({SEARCH_FILE} is missing)",
+            "give the --out directory of an earlier `automl-prune search`",
+        )
+    return SearchInfo.from_json(path.read_text())
+
+
+def _resume_config(config: SearchConfig) -> SearchConfig:
+    """The stored config of the search in ``config.out``, with this call's trial count and verbosity."""
+    stored = SearchConfig.from_dict(load_info(config.run_dir).config)
+    return replace(stored, trials=max(config.trials, stored.trials), quiet=config.quiet)
+
+
+def conventions(device: str) -> dict[str, str]:
+    import torch
+
+    return {
+        "flops": FLOPS_CONVENTION,
+        "latency": latency_convention(resolve_device(device)),
+        "quality": "validation split (model selection never uses the test split)",
+        "versions": f"automl_prune {__version__}, torch {torch.__version__}",
+    }
+
+
+def run_search(config: SearchConfig, *, resume: bool = False, console: Console | None = None) -> SearchResult:
+    """Run (or resume) a search and return its trials and Pareto front."""
+    console = console or Console(quiet=config.quiet)
+    run_dir = config.run_dir
+    if (run_dir / SEARCH_FILE).exists() and not resume:
+        raise AutomlPruneError(
+            f"{run_dir} already holds a search",
+            "pass --resume to continue it, or choose another --out directory (nothing was changed)",
+        )
+    if resume:
+        config = _resume_config(config)
+    plan = plan_search(config)
+    info = SearchInfo(
+        name=config.search_name,
+        strategy=config.strategy,
+        run_dir=run_dir.resolve(),
+        quality_metric=plan.task.quality_metric,
+        base={},
+        max_flops=plan.max_flops,
+        config=config.to_dict(),
+        conventions=conventions(config.device),
+        tracking_uri=config.tracking_uri,
+        registered_model=config.registered_model,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hooks = get_plugins().hook
+    hooks.search_started(search=info)
+    prepared = prepare_search(plan)
+    info.base = prepared.base
+    atomic_write_text(run_dir / SEARCH_FILE, info.to_json())
+    records = load_records(run_dir)
+
+    def on_trial(record: TrialRecord) -> None:
+        records.append(record)
+        save_records(run_dir, records)
+        if record.state == "failed":
+            console.print(f"[yellow]trial {record.number} failed:[/] {record.error}")
+        hooks.trial_finished(search=info, trial=record)
+
+    if config.backend == "ray":
+        from automl_prune.search.ray_backend import run_ray
+
+        run_ray(prepared, on_trial, n_trials=max(0, config.trials - len(records)))
+    else:
+        from automl_prune.search.optuna_backend import run_optuna
+
+        run_optuna(prepared, on_trial)
+    records.sort(key=lambda r: r.number)
+    save_records(run_dir, records)
+    front = pareto_front(records)
+    write_front(run_dir, records, front, info)
+    console.print(front_table(front, info, len(records)))
+    console.print(f"wrote {run_dir / 'pareto.csv'} and {run_dir / 'pareto.png'}")
+    for line in hooks.search_finished(search=info, trials=records, front=front):
+        if line:
+            console.print(line, soft_wrap=True, highlight=False)
+    return SearchResult(info, records, front)

@@ -1,0 +1,142 @@
+"""The Pareto front of a search (quality up, FLOPs down): as a table, a CSV and a plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from automl_prune.io import atomic_write_bytes, atomic_write_text
+from automl_prune.search.records import SearchInfo, TrialRecord
+
+
+def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """Completed, feasible trials no other trial beats on both quality and FLOPs; sorted by FLOPs."""
+    pool = [r for r in records if r.state == "complete" and r.feasible]
+    front = [
+        r
+        for r in pool
+        if not any(
+            o.quality >= r.quality and o.flops <= r.flops and (o.quality > r.quality or o.flops < r.flops)
+            for o in pool
+        )
+    ]
+    return sorted(front, key=lambda r: (r.flops, -r.quality, r.number))
+
+
+CSV_COLUMNS = (
+    "trial",
+    "quality",
+    "flops",
+    "flops_ratio",
+    "n_params",
+    "latency_ms",
+    "target_flops",
+    "model_dir",
+    "params",
+)
+
+
+def front_csv(front: Sequence[TrialRecord], info: SearchInfo) -> str:
+    """The front as CSV: one row per point, with the quality metric named in a header comment-free column."""
+    extra = sorted({k for r in front for k in r.metrics})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*CSV_COLUMNS, *extra, "quality_metric"])
+    for r in front:
+        writer.writerow(
+            [
+                r.number,
+                f"{r.quality:.6g}",
+                r.flops,
+                f"{r.flops / info.base['flops']:.4f}",
+                r.n_params,
+                f"{r.latency_ms:.4g}",
+                "" if r.target_flops is None else int(r.target_flops),
+                r.model_dir,
+                json.dumps(r.params, sort_keys=True),
+                *(f"{r.metrics.get(k, float('nan')):.6g}" for k in extra),
+                info.quality_metric,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -> Table:
+    """A terminal table of the front with the base model as its first row."""
+    base = info.base
+    budget = "none" if info.max_flops is None else f"{info.max_flops / 1e6:.3g}M"
+    table = Table(
+        title=f"Pareto front: {info.strategy} ({len(front)} of {n_trials} trials; budget {budget}; "
+        f"FLOPs = fvcore MACs at batch 1)"
+    )
+    for column in ("trial", f"val {info.quality_metric}", "MFLOPs", "x base", "params (k)", "latency ms"):
+        table.add_column(column, justify="right")
+    if base:
+        table.add_row(
+            "base",
+            f"{base['quality']:.4f}",
+            f"{base['flops'] / 1e6:.3f}",
+            "1.000",
+            f"{base['n_params'] / 1e3:.1f}",
+            f"{base['latency_ms']:.3f}",
+            style="dim",
+        )
+    for r in front:
+        table.add_row(
+            str(r.number),
+            f"{r.quality:.4f}",
+            f"{r.flops / 1e6:.3f}",
+            f"{r.flops / base['flops']:.3f}" if base else "?",
+            f"{r.n_params / 1e3:.1f}",
+            f"{r.latency_ms:.3f}",
+        )
+    return table
+
+
+def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], info: SearchInfo) -> bytes:
+    """PNG of quality vs FLOPs: every trial, the front, the base model and the budget line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    done = [r for r in records if r.state == "complete"]
+    ax.scatter([r.flops / 1e6 for r in done], [r.quality for r in done], c="0.7", s=18, label="trials")
+    ax.plot([r.flops / 1e6 for r in front], [r.quality for r in front], "o-", c="C0", label="Pareto front")
+    if info.base:
+        ax.scatter(
+            [info.base["flops"] / 1e6],
+            [info.base["quality"]],
+            marker="*",
+            s=160,
+            c="C3",
+            label="base model",
+            zorder=3,
+        )
+    if info.max_flops is not None:
+        ax.axvline(info.max_flops / 1e6, ls="--", c="0.4", lw=1, label="FLOPs budget")
+    ax.set_xlabel("MFLOPs (fvcore, multiply-add = 1, batch 1)")
+    ax.set_ylabel(f"validation {info.quality_metric}")
+    ax.set_title(f"{info.strategy} on {info.config.get('model')} / {info.config.get('data')}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_front(
+    run_dir: Path, records: Sequence[TrialRecord], front: Sequence[TrialRecord], info: SearchInfo
+) -> tuple[Path, Path]:
+    """Write pareto.csv and pareto.png into the run directory (atomically)."""
+    csv_path = atomic_write_text(run_dir / "pareto.csv", front_csv(front, info))
+    png_path = atomic_write_bytes(run_dir / "pareto.png", plot_front(records, front, info))
+    return csv_path, png_path

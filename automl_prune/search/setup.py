@@ -1,0 +1,180 @@
+"""Turn a :class:`SearchConfig` into a ready search: resolved plugins, base model, context, artifacts.
+
+Two phases, so mistakes surface before any training: :func:`plan_search` resolves names, the search
+space and the budget in seconds (an untrained copy of the architecture is enough to count FLOPs);
+:func:`prepare_search` then trains or loads the base model, builds the :class:`Context`, and runs the
+strategy's cached ``prepare``. Both are memoised per process, so Ray workers build them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import torch
+
+from automl_prune.data.base import DataSplits
+from automl_prune.data.registry import load_dataset
+from automl_prune.errors import AutomlPruneError, BudgetError
+from automl_prune.flops import Budget, count_flops, count_params
+from automl_prune.io import atomic_write_bytes, cache_dir, content_key
+from automl_prune.latency import measure_latency_ms
+from automl_prune.models.base import ModelRef
+from automl_prune.models.pretrained import get_base_model
+from automl_prune.models.registry import build_model
+from automl_prune.plugins import get_plugins
+from automl_prune.progress import Progress
+from automl_prune.search.config import SearchConfig
+from automl_prune.space import SearchSpace, load_space
+from automl_prune.strategy import Context, Strategy
+from automl_prune.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """A search whose names, space and budget are valid; nothing trained yet."""
+
+    config: SearchConfig
+    strategy: Strategy
+    task: Task
+    data: DataSplits
+    model_ref: ModelRef
+    space: SearchSpace
+    base_flops: int
+    max_flops: float | None
+
+
+@dataclass
+class Prepared:
+    """A search ready to run trials."""
+
+    plan: Plan
+    context: Context
+    artifacts: dict[str, Any]
+    base: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AutomlPruneError(f"device {name!r} requested but CUDA is not available", "use --device cpu")
+    return torch.device(name)
+
+
+def plan_search(config: SearchConfig) -> Plan:
+    """Resolve strategy, data, task, model and space; check the budget is reachable."""
+    plugins = get_plugins()
+    strategy: Strategy = plugins.strategy(config.strategy)()
+    data = load_dataset(config.data, **config.data_args)
+    task_name = data.info.task
+    if task_name not in strategy.tasks:
+        raise AutomlPruneError(
+            f"strategy {strategy.name!r} prunes {', '.join(strategy.tasks)} models, "
+            f"but dataset {config.data!r} is a {task_name} dataset",
+            "pick a strategy for this task (`automl-prune plugins` lists each strategy's tasks)",
+        )
+    task: Task = plugins.tasks.get(task_name)
+    model_ref = ModelRef(config.model, dict(config.model_args))
+    architecture = build_model(model_ref, data.info)
+    base_flops = count_flops(architecture, task.example_input(data, 1))
+    space = load_space(config.space or strategy.space).with_overrides(config.overrides)
+    budget = Budget.parse(config.max_flops)
+    max_flops = budget.resolve(base_flops) if budget else None
+    if max_flops is not None:
+        space = space.with_budget_cap(max_flops / base_flops)
+    return Plan(config, strategy, task, data, model_ref, space, base_flops, max_flops)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_prepare(strategy: Strategy, context: Context) -> dict[str, Any]:
+    """``strategy.prepare(context)``, cached on disk under a content key of everything it depends on."""
+    key = content_key(
+        strategy.name,
+        strategy.version,
+        _weights_digest(context.model),
+        context.data.info,
+        context.seed,
+        strategy.prepare_key(context),
+    )
+    path = context.cache_dir / "prepared" / f"{strategy.name}-{key}.pt"
+    if path.exists():
+        log.info("reusing prepared artifacts %s", path)
+        return torch.load(path, map_location=context.device, weights_only=True)
+    artifacts = strategy.prepare(context)
+    buffer = BytesIO()
+    torch.save(artifacts, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return artifacts
+
+
+def prepare_search(plan: Plan) -> Prepared:
+    """Load or train the base model, build the context, run the cached ``prepare``, measure the base."""
+    config = plan.config
+    device = resolve_device(config.device)
+    progress = Progress(quiet=config.quiet)
+    model = get_base_model(
+        plan.model_ref,
+        plan.data,
+        plan.task,
+        weights=config.weights,
+        epochs=config.base_epochs,
+        lr=config.base_lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device=device,
+        progress=progress,
+    )
+    context = Context(
+        model=model.to(device).eval(),
+        model_ref=plan.model_ref,
+        data=plan.data,
+        task=plan.task,
+        device=device,
+        seed=config.seed,
+        run_dir=config.run_dir,
+        cache_dir=cache_dir(),
+        progress=progress,
+        base_flops=plan.base_flops,
+        max_flops=plan.max_flops,
+        batch_size=config.batch_size,
+    )
+    artifacts = cached_prepare(plan.strategy, context)
+    reachable = plan.strategy.min_flops(context, artifacts)
+    if plan.max_flops is not None and reachable is not None and reachable > plan.max_flops:
+        raise BudgetError(
+            f"the FLOPs budget {plan.max_flops / 1e6:.3g}M is below the {reachable / 1e6:.3g}M that "
+            f"{plan.strategy.name!r} reaches at its smallest on {plan.model_ref.name}",
+            f"raise --max-flops to at least {reachable / plan.base_flops:.3f} (ratio) or use a smaller model",
+        )
+    base = {
+        "quality": context.evaluate(model)[plan.task.quality_metric],
+        "flops": float(plan.base_flops),
+        "n_params": float(count_params(model)),
+        "latency_ms": measure_latency_ms(model, context.example_input(1)),
+    }
+    return Prepared(plan, context, artifacts, base)
+
+
+_CACHE: dict[str, Prepared] = {}
+
+
+def prepared_for(config: SearchConfig) -> Prepared:
+    """The prepared search for ``config``, built once per process (Ray workers call this)."""
+    key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    if key not in _CACHE:
+        _CACHE[key] = prepare_search(plan_search(config))
+    return _CACHE[key]

@@ -1,0 +1,84 @@
+"""One trial, identical on every backend: run the strategy, measure, save the pruned model."""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from automl_prune.errors import AutomlPruneError
+from automl_prune.flops import count_params
+from automl_prune.io import atomic_write_text
+from automl_prune.latency import measure_latency_ms
+from automl_prune.pruning.persistence import save_pruned
+from automl_prune.search.records import TrialRecord
+from automl_prune.search.setup import Prepared
+
+
+def trial_dir(run_dir: Path, number: int) -> Path:
+    return run_dir / "trials" / f"{number:04d}"
+
+
+def run_trial(
+    prepared: Prepared, params: dict[str, Any], number: int, out: Path | None = None
+) -> TrialRecord:
+    """Run trial ``number`` with ``params``; a failing or NaN trial comes back as state "failed".
+
+    The pruned model is saved in ``out/model`` (default: the run directory's ``trials/NNNN``).
+    """
+    plan, context = prepared.plan, prepared.context
+    out = out or trial_dir(context.run_dir, number)
+    start = time.perf_counter()
+    torch.manual_seed(context.seed + number)
+    try:
+        candidate = plan.strategy.run(context, dict(params), prepared.artifacts)
+        if not math.isfinite(candidate.quality):
+            raise AutomlPruneError(f"trial {number} produced a non-finite quality ({candidate.quality})")
+        model = candidate.model.eval()
+        candidate.flops = context.flops(model)
+        candidate.params = count_params(model)
+        candidate.latency_ms = measure_latency_ms(model, context.example_input(1))
+        model_dir = save_pruned(
+            model.cpu(),
+            out / "model",
+            model_ref=context.model_ref,
+            info=context.data.info,
+            metadata={
+                "strategy": plan.strategy.name,
+                "params": params,
+                "trial": number,
+                "data": plan.config.data,
+                "data_args": plan.config.data_args,
+                **candidate.spec,
+            },
+        )
+    except Exception as exc:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "error.txt", traceback.format_exc())
+        message = str(exc) if isinstance(exc, AutomlPruneError) else f"{type(exc).__name__}: {exc}"
+        return TrialRecord(
+            number=number,
+            state="failed",
+            params=dict(params),
+            error=message,
+            wall_time_s=time.perf_counter() - start,
+        )
+    return TrialRecord(
+        number=number,
+        state="complete",
+        params=dict(params),
+        quality=float(candidate.quality),
+        flops=candidate.flops,
+        n_params=candidate.params,
+        latency_ms=candidate.latency_ms,
+        target_flops=candidate.target_flops,
+        feasible=plan.max_flops is None or candidate.flops <= plan.max_flops,
+        metrics={k: float(v) for k, v in candidate.metrics.items()},
+        model_dir=str(model_dir),
+        figures=[str(f) for f in candidate.figures],
+        wall_time_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,54 @@
+"""Plugin discovery: an outside package is found through its entry point, and a broken one is isolated."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automl_prune.plugins import get_plugins, load_plugins, reset_plugins
+from tests.toy import FIXTURE, cli, make_distribution, subprocess_env
+
+
+@pytest.fixture
+def toy_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = make_distribution(tmp_path / "site", broken=True)
+    monkeypatch.syspath_prepend(str(FIXTURE))
+    monkeypatch.syspath_prepend(str(root))
+    reset_plugins()
+    yield root
+    sys.modules.pop("automl_prune_toy", None)
+    reset_plugins()
+
+
+def test_builtins_are_registered_as_entry_points() -> None:
+    plugins = load_plugins()
+    assert plugins.strategies.entry("magnitude").source.startswith("magnitude (automl-prune)")
+    assert {"resnet20", "resnet56", "resnet18", "mobilenet_v2"} <= set(plugins.models.names())
+    assert {"digits", "fashion-mnist"} <= set(plugins.datasets.names())
+    assert "classification" in plugins.tasks
+    assert plugins.pm.get_plugin("mlflow") is not None
+
+
+def test_outside_plugin_is_discovered_and_a_broken_one_reported(toy_installed: Path) -> None:
+    plugins = get_plugins()
+    entry = plugins.strategies.entry("toy-keep-first")
+    assert entry.source == "toy (automl-prune-toy)"
+    assert entry.meta["tasks"] == ("classification",)
+    assert plugins.models.entry("toy-cnn").source == "toy (automl-prune-toy)"
+    [failure] = plugins.failures
+    assert failure.name == "broken" and "ModuleNotFoundError" in failure.error
+    assert "magnitude" in plugins.strategies  # the others still load
+
+
+def test_plugins_command_lists_sources_and_failures(tmp_path: Path) -> None:
+    root = make_distribution(tmp_path / "site", broken=True)
+    out = subprocess.run(
+        cli("plugins"), env=subprocess_env(root, COLUMNS="200"), capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "toy-keep-first" in out.stdout and "automl-prune-toy" in out.stdout
+    assert "magnitude" in out.stdout and "classification" in out.stdout
+    assert "plugin 'broken'" in out.stdout and "failed to load" in out.stdout

@@ -1,0 +1,145 @@
+"""Saving pruned models without pickle, loading them back, and exporting them."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
+
+from automl_prune.data.base import DataInfo
+from automl_prune.errors import CheckpointError
+from automl_prune.models.base import ModelRef
+from automl_prune.pruning import (
+    analyze,
+    export_onnx,
+    export_torchscript,
+    load_pruned,
+    read_spec,
+    save_pruned,
+    slice_model,
+)
+from tests.test_pruning_graph import build, example, random_keep
+
+CIFAR = DataInfo(name="cifar-like", task="classification", in_channels=3, image_size=(32, 32), num_classes=10)
+PAIRS = DataInfo(name="pairs", task="image-translation", in_channels=3, image_size=(32, 32))
+RESNET20 = ModelRef("automl_prune.models.cifar_resnet:resnet20", {"num_classes": 10})
+UNET_GROUP = ModelRef("automl_prune.models.unet:SmallUNet", {"norm": "group"})
+
+
+def pruned(name: str, seed: int = 1) -> nn.Module:
+    model = build(name)
+    return slice_model(model, example(), random_keep(analyze(model, example()), seed))
+
+
+def outputs(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(example(batch=2))
+
+
+@pytest.mark.parametrize(
+    ("name", "ref", "info"),
+    [
+        ("resnet20", RESNET20, CIFAR),
+        ("resnet20", ModelRef("resnet20"), CIFAR),  # a registry name, built for the data
+        ("unet-group", UNET_GROUP, PAIRS),
+    ],
+)
+def test_round_trip_gives_identical_outputs(tmp_path: Path, name: str, ref: ModelRef, info: DataInfo) -> None:
+    model = pruned(name)
+    path = save_pruned(model, tmp_path / "model", model_ref=ref, info=info, metadata={"budget": 0.5})
+    loaded = load_pruned(path)
+    assert torch.equal(outputs(loaded), outputs(model))
+    assert read_spec(path)["metadata"] == {"budget": 0.5}
+
+
+def test_the_spec_is_json_and_the_weights_are_safetensors(tmp_path: Path) -> None:
+    model = pruned("unet-group")
+    path = save_pruned(model, tmp_path / "model", model_ref=UNET_GROUP, info=PAIRS)
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "spec.json"]
+    spec = json.loads((path / "spec.json").read_text())
+    assert spec["model_ref"] == UNET_GROUP.to_dict() and spec["data_info"]["image_size"] == [32, 32]
+    norm = model.encoders[0][1]
+    assert spec["modules"]["encoders.0.1"] == {
+        "type": "GroupNorm", "num_groups": norm.num_groups, "num_channels": norm.num_channels,
+        "eps": 1e-5, "affine": True,
+    }
+    assert spec["modules"]["head"]["out_channels"] == 3
+    assert not {"pool", "up", "encoders.0"} & set(spec["modules"])  # unchanged modules are not recorded
+    raw = (path / "model.safetensors").read_bytes()
+    (header_size,) = struct.unpack("<Q", raw[:8])  # safetensors: a length, a JSON header, raw tensor bytes
+    assert json.loads(raw[8 : 8 + header_size])
+    assert b"\x80\x04" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
+
+
+def test_dropped_blocks_are_recorded_as_identity(tmp_path: Path) -> None:
+    model = build("resnet20")
+    model.layer2[2] = nn.Identity()
+    path = save_pruned(model, tmp_path / "model", model_ref=RESNET20, info=CIFAR)
+    assert read_spec(path)["modules"] == {"layer2.2": {"type": "Identity"}}
+    assert torch.equal(outputs(load_pruned(path)), outputs(model))
+
+
+def test_missing_or_corrupt_files_raise_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"spec\.json not found"):
+        load_pruned(tmp_path / "nowhere")
+    path = save_pruned(pruned("resnet20"), tmp_path / "model", model_ref=RESNET20, info=CIFAR)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot load") as error:
+        load_pruned(path)
+    assert "save the model again" in error.value.fix
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_pruned(path)
+    (path / "spec.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_pruned(path)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    first = save_pruned(pruned("resnet20", seed=1), tmp_path / "a", model_ref=RESNET20, info=CIFAR)
+    second = save_pruned(pruned("resnet20", seed=2), tmp_path / "b", model_ref=RESNET20, info=CIFAR)
+    (first / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="cannot load"):
+        load_pruned(first)
+
+
+def test_saving_is_atomic(tmp_path: Path) -> None:
+    target = tmp_path / "model"
+    first = pruned("resnet20", seed=1)
+    save_pruned(first, target, model_ref=RESNET20, info=CIFAR, metadata={"trial": 1})
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_pruned(first, target, model_ref=RESNET20, info=CIFAR, metadata={"trial": object()})
+    deeper = ModelRef("automl_prune.models.cifar_resnet:resnet56")
+    with pytest.raises(CheckpointError, match="rebuilt"):
+        save_pruned(first, target, model_ref=deeper, info=CIFAR)
+    assert read_spec(target)["metadata"] == {"trial": 1}  # the failed saves left the first one intact
+    second = pruned("resnet20", seed=2)
+    save_pruned(second, target, model_ref=RESNET20, info=CIFAR, metadata={"trial": 2})
+    assert read_spec(target)["metadata"] == {"trial": 2}
+    assert torch.equal(outputs(load_pruned(target)), outputs(second))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directories left behind
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated in torch 2.14, still supported
+def test_torchscript_export_loads_and_matches(tmp_path: Path) -> None:
+    model = pruned("unet-group")
+    path = export_torchscript(model, example(), tmp_path / "model.pt")
+    assert torch.allclose(torch.jit.load(str(path))(example(batch=2)), outputs(model), atol=1e-5)
+
+
+def test_onnx_export_is_valid_and_matches(tmp_path: Path) -> None:
+    """Numerics are checked with onnx's reference evaluator (onnxruntime is not a dependency)."""
+    model = pruned("resnet20")
+    path = export_onnx(model, example(), tmp_path / "model.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ReferenceEvaluator(str(path))
+    (result,) = session.run(None, {session.input_names[0]: example().numpy()})
+    assert torch.allclose(torch.from_numpy(result), outputs(model)[:1], atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

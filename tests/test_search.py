@@ -1,0 +1,143 @@
+"""End-to-end searches with the outside toy plugin: failures, budget, resume after kill -9, Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from automl_prune.flops import count_flops
+from automl_prune.plugins import reset_plugins
+from automl_prune.search.config import SearchConfig
+from automl_prune.search.orchestrator import run_search
+from tests.toy import FIXTURE, cli, make_distribution, subprocess_env
+
+TOY = [
+    "--strategy",
+    "toy-keep-first",
+    "--model",
+    "toy-cnn",
+    "--data",
+    "digits",
+    "--base-epochs",
+    "1",
+    "--quiet",
+]
+
+
+@pytest.fixture
+def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = make_distribution(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(FIXTURE))
+    monkeypatch.syspath_prepend(str(root))
+    reset_plugins()
+    yield root
+    sys.modules.pop("automl_prune_toy", None)
+    reset_plugins()
+
+
+def test_search_records_failures_and_meets_budget(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TOY_RUN_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setenv("TOY_FAIL_CALLS", "2,3")  # call 2 returns NaN, call 3 raises
+    out = tmp_path / "run"
+    config = SearchConfig(
+        strategy="toy-keep-first",
+        model="toy-cnn",
+        data="digits",
+        out=str(out),
+        trials=5,
+        max_flops="0.6",
+        base_epochs=1,
+        quiet=True,
+    )
+    result = run_search(config)
+    states = [r.state for r in result.trials]
+    assert len(result.trials) == 5 and states.count("failed") == 2
+    errors = " ".join(r.error for r in result.trials if r.state == "failed")
+    assert "non-finite quality" in errors and "toy failure on call 3" in errors
+    assert result.front and all(r.feasible for r in result.front)
+    base_flops = result.info.base["flops"]
+    import automl_prune
+
+    for r in result.front:
+        model = automl_prune.load(r.model_dir)
+        import torch
+
+        assert count_flops(model, torch.zeros(1, 1, 16, 16)) == r.flops <= 0.6 * base_flops
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    assert {int(row["trial"]) for row in rows} == {r.number for r in result.front}
+    for name in ("pareto.png", "study.db", "mlflow.db", "search.json", "trials.jsonl", "promotion.json"):
+        assert (out / name).exists(), name
+
+
+def test_existing_run_dir_is_not_overwritten(toy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = SearchConfig(
+        strategy="toy-keep-first",
+        model="toy-cnn",
+        data="digits",
+        out=str(out),
+        trials=1,
+        base_epochs=1,
+        quiet=True,
+    )
+    run_search(config)
+    before = (out / "trials.jsonl").read_text()
+    from automl_prune.errors import AutomlPruneError
+
+    with pytest.raises(AutomlPruneError, match="already holds a search"):
+        run_search(config)
+    assert (out / "trials.jsonl").read_text() == before
+
+
+def _wait_for_records(path: Path, n: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not reach {n} records in {timeout}s")
+
+
+def test_kill_9_then_resume_finishes_without_redoing_trials(tmp_path: Path) -> None:
+    root = make_distribution(tmp_path / "site")
+    calls = tmp_path / "calls.log"
+    out = tmp_path / "run"
+    args = cli("search", *TOY, "--trials", "5", "--out", str(out))
+    env = subprocess_env(root, TOY_RUN_LOG=str(calls), TOY_SLEEP="1.5")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_records(out / "trials.jsonl", 2, timeout=240)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    calls_before = len(calls.read_text().splitlines())
+    finished = subprocess.run(
+        [*args, "--resume"], env={**env, "TOY_SLEEP": "0"}, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len([r for r in records if r["state"] == "complete"]) == 5
+    for old in done_before:  # finished trials are kept as they were
+        assert old in records
+    new_calls = len(calls.read_text().splitlines()) - calls_before
+    assert new_calls == 5 - len(done_before)
+    assert "Pareto front" in finished.stdout
+
+
+def test_ray_backend_runs_the_same_trials(tmp_path: Path) -> None:
+    root = make_distribution(tmp_path / "site")
+    out = tmp_path / "run"
+    args = cli("search", *TOY, "--trials", "3", "--backend", "ray", "--workers", "2", "--out", str(out))
+    done = subprocess.run(args, env=subprocess_env(root), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert sorted(r["number"] for r in records) == [0, 1, 2]
+    assert all(r["state"] == "complete" for r in records)
+    assert (out / "pareto.csv").exists() and (out / "mlflow.db").exists()
