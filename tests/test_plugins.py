@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from automl_prune.plugins import get_plugins, load_plugins, reset_plugins
-from tests.toy import FIXTURE, cli, make_distribution, subprocess_env
-
-
-@pytest.fixture
-def toy_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_distribution(tmp_path / "site", broken=True)
-    monkeypatch.syspath_prepend(str(FIXTURE))
-    monkeypatch.syspath_prepend(str(root))
-    reset_plugins()
-    yield root
-    sys.modules.pop("automl_prune_toy", None)
-    reset_plugins()
+from automl_prune.plugins import get_plugins, load_plugins
+from tests.toy import cli, make_distribution, subprocess_env
 
 
 def test_builtins_are_registered_as_entry_points() -> None:
@@ -32,7 +20,8 @@ def test_builtins_are_registered_as_entry_points() -> None:
     assert plugins.pm.get_plugin("mlflow") is not None
 
 
-def test_outside_plugin_is_discovered_and_a_broken_one_reported(toy_installed: Path) -> None:
+@pytest.mark.parametrize("toy_plugin", [{"broken": True}], indirect=True)
+def test_outside_plugin_is_discovered_and_a_broken_one_reported(toy_plugin: Path) -> None:
     plugins = get_plugins()
     entry = plugins.strategies.entry("toy-keep-first")
     assert entry.source == "toy (automl-prune-toy)"

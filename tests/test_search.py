@@ -7,17 +7,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from automl_prune.flops import count_flops
-from automl_prune.plugins import reset_plugins
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
-from tests.toy import FIXTURE, cli, make_distribution, subprocess_env
+from tests.toy import cli, make_distribution, subprocess_env
 
 TOY = [
     "--strategy",
@@ -32,32 +30,23 @@ TOY = [
 ]
 
 
-@pytest.fixture
-def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = make_distribution(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(FIXTURE))
-    monkeypatch.syspath_prepend(str(root))
-    reset_plugins()
-    yield root
-    sys.modules.pop("automl_prune_toy", None)
-    reset_plugins()
-
-
-def test_search_records_failures_and_meets_budget(toy: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TOY_RUN_LOG", str(tmp_path / "calls.log"))
-    monkeypatch.setenv("TOY_FAIL_CALLS", "2,3")  # call 2 returns NaN, call 3 raises
-    out = tmp_path / "run"
-    config = SearchConfig(
+def toy_config(out: Path, **kwargs: object) -> SearchConfig:
+    return SearchConfig(
         strategy="toy-keep-first",
         model="toy-cnn",
         data="digits",
         out=str(out),
-        trials=5,
-        max_flops="0.6",
         base_epochs=1,
         quiet=True,
+        **kwargs,
     )
-    result = run_search(config)
+
+
+def test_search_records_failures_and_meets_budget(toy_plugin: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TOY_RUN_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setenv("TOY_FAIL_CALLS", "2,3")  # call 2 returns NaN, call 3 raises
+    out = tmp_path / "run"
+    result = run_search(toy_config(out, trials=5, max_flops="0.6"))
     states = [r.state for r in result.trials]
     assert len(result.trials) == 5 and states.count("failed") == 2
     errors = " ".join(r.error for r in result.trials if r.state == "failed")
@@ -77,17 +66,9 @@ def test_search_records_failures_and_meets_budget(toy: Path, tmp_path: Path, mon
         assert (out / name).exists(), name
 
 
-def test_existing_run_dir_is_not_overwritten(toy: Path, tmp_path: Path) -> None:
+def test_existing_run_dir_is_not_overwritten(toy_plugin: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    config = SearchConfig(
-        strategy="toy-keep-first",
-        model="toy-cnn",
-        data="digits",
-        out=str(out),
-        trials=1,
-        base_epochs=1,
-        quiet=True,
-    )
+    config = toy_config(out, trials=1)
     run_search(config)
     before = (out / "trials.jsonl").read_text()
     from automl_prune.errors import AutomlPruneError

@@ -87,14 +87,25 @@ def start_mlflow_server(root: Path, timeout: float = STARTUP_TIMEOUT_S) -> Mlflo
         url = f"http://127.0.0.1:{port}"
         log_path = root / "server.log"
         cmd = [
-            str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-            "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'db.sqlite'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
         ]
         start = time.monotonic()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+            )
         try:
             while time.monotonic() - start < timeout:
                 if _healthy(url):
@@ -130,18 +141,34 @@ def _trial(run_dir: Path, number: int, quality: float, flops: int) -> TrialRecor
     state = {k: v.contiguous() for k, v in layer.state_dict().items()}
     save_file(state, str(model_dir / "model.safetensors"))
     (model_dir / "spec.json").write_text(json.dumps({"arch": "linear", "out": 2 + number}))
-    return TrialRecord(number=number, state="complete", params={"ratio": 0.5}, quality=quality,
-                       flops=flops, n_params=10, latency_ms=0.1, target_flops=flops, feasible=True,
-                       model_dir=str(model_dir), wall_time_s=1.0)
+    return TrialRecord(
+        number=number,
+        state="complete",
+        params={"ratio": 0.5},
+        quality=quality,
+        flops=flops,
+        n_params=10,
+        latency_ms=0.1,
+        target_flops=flops,
+        feasible=True,
+        model_dir=str(model_dir),
+        wall_time_s=1.0,
+    )
 
 
 def _search(run_dir: Path, name: str, url: str) -> SearchInfo:
     run_dir.mkdir(parents=True, exist_ok=True)
     return SearchInfo(
-        name=name, strategy="magnitude", run_dir=run_dir, quality_metric="accuracy",
-        base={"quality": 0.9, "flops": 2000.0}, max_flops=1500.0,
-        config={"model": "resnet20", "data": "digits", "seed": 0}, conventions={"flops": "fvcore MACs"},
-        tracking_uri=url, registered_model="server-model",
+        name=name,
+        strategy="magnitude",
+        run_dir=run_dir,
+        quality_metric="accuracy",
+        base={"quality": 0.9, "flops": 2000.0},
+        max_flops=1500.0,
+        config={"model": "resnet20", "data": "digits", "seed": 0},
+        conventions={"flops": "fvcore MACs"},
+        tracking_uri=url,
+        registered_model="server-model",
     )
 
 
@@ -166,15 +193,20 @@ def test_hooks_against_a_real_server(mlflow_server: MlflowServer, tmp_path: Path
     assert sorted(by_number) == [0, 1]
     assert by_number[1].data.metrics["accuracy"] == 0.8
     assert {f.path for f in client.list_artifacts(by_number[1].info.run_id, "model")} == {
-        "model/model.safetensors", "model/spec.json"}
+        "model/model.safetensors",
+        "model/spec.json",
+    }
     # the artifacts really sit in the server's --artifacts-destination
     assert list((mlflow_server.root / "artifacts").rglob("model.safetensors"))
 
     mv = client.get_model_version_by_alias("server-model", CHAMPION_ALIAS)
     assert str(mv.version) == "1" and mv.run_id == by_number[1].info.run_id
     assert mv.tags["trial_number"] == "1" and mv.tags["flops"] == "1200"
-    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=mlflow_server.url,
-                                                   dst_path=str(tmp_path / "dl")))
+    got = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.source, tracking_uri=mlflow_server.url, dst_path=str(tmp_path / "dl")
+        )
+    )
     want = load_file(trials[1].model_dir + "/model.safetensors")
     assert torch.equal(load_file(str(got / "model.safetensors"))["weight"], want["weight"])
 
@@ -215,3 +247,34 @@ def test_server_that_went_away(tmp_path: Path) -> None:
         plugin.trial_finished(search=search, trial=_trial(run_dir, 0, 0.5, 100))
     assert time.monotonic() - start < 15
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_whole_search_against_a_real_server(
+    mlflow_server: MlflowServer, toy_plugin: Path, tmp_path: Path
+) -> None:
+    from automl_prune.search.config import SearchConfig
+    from automl_prune.search.orchestrator import run_search
+
+    config = SearchConfig(
+        strategy="toy-keep-first",
+        model="toy-cnn",
+        data="digits",
+        out=str(tmp_path / "run"),
+        trials=3,
+        max_flops="0.8",
+        base_epochs=1,
+        quiet=True,
+        tracking_uri=mlflow_server.url,
+        registered_model="toy-search",
+    )
+    result = run_search(config)
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name(f"automl-prune/{result.info.name}")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(runs) == 4 and len(children) == 3
+    assert {float(r.data.metrics["flops"]) for r in children} == {float(t.flops) for t in result.trials}
+    champion = client.get_model_version_by_alias("toy-search", CHAMPION_ALIAS)
+    best = max((t for t in result.front), key=lambda t: t.quality)
+    assert champion.tags["trial_number"] == str(best.number)
+    assert not (tmp_path / "run" / "mlflow.db").exists()  # everything went to the server
