@@ -108,6 +108,10 @@ def search(
         str | None, typer.Option(help="MLflow tracking server (default: SQLite in the run directory).")
     ] = None,
     registered_model: Annotated[str | None, typer.Option(help="Registry name for the champion.")] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(help="Earlier search to draw on pareto.png as a baseline (repeatable)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the search in --out without redoing trials.")
     ] = False,
@@ -139,6 +143,7 @@ def search(
         batch_size=batch_size,
         tracking_uri=tracking_uri,
         registered_model=registered_model,
+        compare=list(compare or []),
         quiet=quiet,
     )
     run_search(config, resume=resume, console=Console(quiet=False))
@@ -252,14 +257,27 @@ def promote(
 
 
 @app.command()
-def front(run_dir: Annotated[Path, typer.Argument(help="Run directory of an earlier search.")]) -> None:
-    """Print the Pareto front of an earlier search."""
-    from automl_prune.search.orchestrator import load_info, load_records
-    from automl_prune.search.pareto import front_table, pareto_front
+def front(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of an earlier search.")],
+    compare: Annotated[
+        list[str] | None, typer.Option(help="Another search on the same base model to plot beside it.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the plot here (PNG).")] = None,
+) -> None:
+    """Print the Pareto front of an earlier search; optionally plot it against other searches."""
+    from automl_prune.io import atomic_write_bytes
+    from automl_prune.search.orchestrator import baseline_fronts, load_info, load_records
+    from automl_prune.search.pareto import front_table, pareto_front, plot_front
 
     info = load_info(run_dir)
     records = load_records(run_dir)
-    console.print(front_table(pareto_front(records), info, len(records)))
+    front = pareto_front(records)
+    console.print(front_table(front, info, len(records)))
+    baselines = baseline_fronts(list(compare or []), info)
+    for label, other in baselines:
+        console.print(f"{label}: " + ", ".join(f"{r.quality:.4f} @ {r.flops / 1e6:.3f}M" for r in other))
+    if plot is not None:
+        console.print(f"wrote {atomic_write_bytes(plot, plot_front(records, front, info, baselines))}")
 
 
 def _fail(problem: str, fix: str, status: int) -> None:

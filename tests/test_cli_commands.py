@@ -118,7 +118,27 @@ def test_search_front_and_promote(user_weights: tuple[Path, float], tmp_path: Pa
         str(out),
     )
     assert "Pareto front" in done.stdout and "champion" in done.stdout
-    front = run("front", str(out))
-    assert "Pareto front" in front.stdout and "base" in front.stdout
+    other = tmp_path / "uniform"
+    run(
+        "search",
+        "--strategy",
+        "magnitude",
+        *USER_MODEL,
+        "--weights",
+        str(weights),
+        "--trials",
+        "1",
+        "--set",
+        "scope=uniform",
+        "--set",
+        "finetune_epochs=1",
+        "--compare",
+        str(out),
+        "--out",
+        str(other),
+    )
+    front = run("front", str(out), "--compare", str(other), "--plot", str(tmp_path / "both.png"))
+    assert "Pareto front" in front.stdout and "base" in front.stdout and "magnitude (uniform)" in front.stdout
+    assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
     promoted = run("promote", str(out))
     assert "champion" in promoted.stdout

@@ -78,6 +78,16 @@ def test_existing_run_dir_is_not_overwritten(toy_plugin: Path, tmp_path: Path) -
     assert (out / "trials.jsonl").read_text() == before
 
 
+def test_prepare_is_cached_across_searches(toy_plugin: Path, tmp_path: Path, monkeypatch) -> None:
+    log = tmp_path / "prepare.log"
+    monkeypatch.setenv("TOY_PREPARE_LOG", str(log))
+    run_search(toy_config(tmp_path / "first", trials=1))
+    run_search(toy_config(tmp_path / "second", trials=2, sampler="tpe"))
+    assert log.read_text().splitlines() == ["prepare"]
+    run_search(toy_config(tmp_path / "other-seed", trials=1, seed=1))  # another base model: prepared anew
+    assert len(log.read_text().splitlines()) == 2
+
+
 def _wait_for_records(path: Path, n: int, timeout: float) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:

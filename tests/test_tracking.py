@@ -28,6 +28,8 @@ from automl_prune.tracking.registry import (
     registered_model_name,
     select_best,
 )
+from automl_prune.tracking.runs import read_parent_run_id
+from automl_prune.tracking.store import check_reachable, default_tracking_uri
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -247,9 +249,9 @@ def test_nothing_registered_when_no_point_is_within_budget(tmp_path: Path) -> No
     decision = json.loads((run_dir / "promotion.json").read_text())
     assert decision["version"] is None and decision["promoted"] is False
     assert "no Pareto point within the FLOPs budget" in decision["reason"]
-    client = client_for(plugin.default_tracking_uri(run_dir))
+    client = client_for(default_tracking_uri(run_dir))
     assert client.search_registered_models() == []
-    parent_id = plugin.read_parent_run_id(run_dir)
+    parent_id = read_parent_run_id(run_dir)
     assert client.get_run(parent_id).data.tags["promotion.version"] == "none"
 
 
@@ -258,13 +260,13 @@ def test_resume_reopens_the_same_parent_and_logs_each_trial_once(tmp_path: Path)
     search = make_search(run_dir, base={})  # the orchestrator measures the base after search_started
     t0, t1 = make_trial(run_dir, 0, 0.7, 900), make_trial(run_dir, 1, 0.8, 1000)
     plugin.search_started(search=search)
-    parent_id = plugin.read_parent_run_id(run_dir)
+    parent_id = read_parent_run_id(run_dir)
     search.base = {"quality": 0.9, "flops": 2000.0}
     plugin.trial_finished(search=search, trial=t0)
     # interrupted here; the resumed search starts again and the orchestrator reports trial 0 again
     plugin.search_started(search=search)
-    assert plugin.read_parent_run_id(run_dir) == parent_id
-    client = client_for(plugin.default_tracking_uri(run_dir))
+    assert read_parent_run_id(run_dir) == parent_id
+    client = client_for(default_tracking_uri(run_dir))
     parent = client.get_run(parent_id)
     assert parent.info.status == "RUNNING" and parent.data.tags["resume.count"] == "1"
     assert parent.data.metrics["base_accuracy"] == 0.9
@@ -283,8 +285,8 @@ def test_trial_results_arriving_in_another_process_without_search_started(tmp_pa
     search = make_search(run_dir)
     trial = make_trial(run_dir, 5, 0.8, 1000)
     plugin.trial_finished(search=search, trial=trial)
-    parent_id = plugin.read_parent_run_id(run_dir)
-    client = client_for(plugin.default_tracking_uri(run_dir))
+    parent_id = read_parent_run_id(run_dir)
+    client = client_for(default_tracking_uri(run_dir))
     assert sorted(children(client, parent_id)) == [5]
 
 
@@ -294,8 +296,8 @@ def test_search_finished_logs_trials_the_store_never_saw(tmp_path: Path) -> None
     trials = [make_trial(run_dir, 0, 0.7, 900), make_trial(run_dir, 1, 0.8, 1000)]
     plugin.search_started(search=search)
     plugin.search_finished(search=search, trials=trials, front=trials)
-    client = client_for(plugin.default_tracking_uri(run_dir))
-    assert sorted(children(client, plugin.read_parent_run_id(run_dir))) == [0, 1]
+    client = client_for(default_tracking_uri(run_dir))
+    assert sorted(children(client, read_parent_run_id(run_dir))) == [0, 1]
     assert json.loads((run_dir / "promotion.json").read_text())["trial_number"] == 1
 
 
@@ -312,8 +314,8 @@ def test_promote_an_earlier_search(tmp_path: Path) -> None:
     first = promote_search(run_dir, registered_model="earlier model")
     assert (first.registered_model, first.version, first.promoted, first.trial_number) == (
         "earlier-model", "1", True, 1)
-    client = client_for(plugin.default_tracking_uri(run_dir))
-    parent_id = plugin.read_parent_run_id(run_dir)
+    client = client_for(default_tracking_uri(run_dir))
+    parent_id = read_parent_run_id(run_dir)
     assert client.get_run(parent_id).info.status == "FINISHED"
     assert sorted(children(client, parent_id)) == [0, 1, 2]
 
@@ -372,7 +374,7 @@ def test_silent_server_times_out(tmp_path: Path) -> None:
         uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
         start = time.monotonic()
         with pytest.raises(TrackingError, match="no answer within 1 s"):
-            plugin.check_reachable(uri, timeout=1)
+            check_reachable(uri, timeout=1)
         assert time.monotonic() - start < 10
 
 
@@ -394,6 +396,6 @@ def test_parent_id_from_another_store_starts_a_new_parent(tmp_path: Path) -> Non
     run_dir.mkdir()
     (run_dir / "mlflow_parent_run_id").write_text("0123456789abcdef0123456789abcdef\n")
     plugin.search_started(search=make_search(run_dir))
-    new_id = plugin.read_parent_run_id(run_dir)
+    new_id = read_parent_run_id(run_dir)
     assert new_id != "0123456789abcdef0123456789abcdef"
-    assert client_for(plugin.default_tracking_uri(run_dir)).get_run(new_id).info.status == "RUNNING"
+    assert client_for(default_tracking_uri(run_dir)).get_run(new_id).info.status == "RUNNING"

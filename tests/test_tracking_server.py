@@ -32,6 +32,7 @@ from automl_prune.errors import TrackingError
 from automl_prune.search.records import SearchInfo, TrialRecord
 from automl_prune.tracking import plugin
 from automl_prune.tracking.registry import CHAMPION_ALIAS
+from automl_prune.tracking.runs import read_parent_run_id
 
 STARTUP_TIMEOUT_S = 90
 pytestmark = pytest.mark.timeout(300)
@@ -185,7 +186,7 @@ def test_hooks_against_a_real_server(mlflow_server: MlflowServer, tmp_path: Path
     assert not (run_dir / "mlflow.db").exists() and not (run_dir / "mlartifacts").exists()
     exp = client.get_experiment_by_name("automl-prune/on-server")
     assert exp.artifact_location.startswith("mlflow-artifacts:")  # the server chose, and proxies it
-    parent_id = plugin.read_parent_run_id(run_dir)
+    parent_id = read_parent_run_id(run_dir)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.params["strategy"] == "magnitude"
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", ViewType.ALL)
@@ -226,9 +227,9 @@ def test_resume_against_a_real_server(mlflow_server: MlflowServer, tmp_path: Pat
     run_dir = tmp_path / "run"
     search = _search(run_dir, "resumed", mlflow_server.url)
     plugin.search_started(search=search)
-    first = plugin.read_parent_run_id(run_dir)
+    first = read_parent_run_id(run_dir)
     plugin.search_started(search=search)
-    assert plugin.read_parent_run_id(run_dir) == first
+    assert read_parent_run_id(run_dir) == first
     assert mlflow_server.client().get_run(first).data.tags["resume.count"] == "1"
 
 

@@ -38,6 +38,7 @@ class SearchConfig:
     batch_size: int = 64
     tracking_uri: str | None = None
     registered_model: str | None = None
+    compare: list[str] = field(default_factory=list)
     name: str | None = None
     quiet: bool = False
 

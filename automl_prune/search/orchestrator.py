@@ -51,6 +51,22 @@ def load_info(run_dir: Path) -> SearchInfo:
     return SearchInfo.from_json(path.read_text())
 
 
+def baseline_fronts(run_dirs: list[str], info: SearchInfo) -> list[tuple[str, list[TrialRecord]]]:
+    """The Pareto fronts of earlier searches on the same model and data, labelled for a plot."""
+    fronts = []
+    for run_dir in run_dirs:
+        other = load_info(Path(run_dir))
+        same = all(other.config.get(k) == info.config.get(k) for k in ("model", "data", "weights"))
+        if not same:
+            raise AutomlPruneError(
+                f"--compare {run_dir} searched {other.config.get('model')} on {other.config.get('data')}, "
+                f"not {info.config.get('model')} on {info.config.get('data')}",
+                "compare only searches that pruned the same base model",
+            )
+        fronts.append((f"{other.strategy} ({Path(run_dir).name})", pareto_front(load_records(Path(run_dir)))))
+    return fronts
+
+
 def _resume_config(config: SearchConfig) -> SearchConfig:
     """The stored config of the search in ``config.out``, with this call's trial count and verbosity."""
     stored = SearchConfig.from_dict(load_info(config.run_dir).config)
@@ -118,7 +134,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
     records.sort(key=lambda r: r.number)
     save_records(run_dir, records)
     front = pareto_front(records)
-    write_front(run_dir, records, front, info)
+    write_front(run_dir, records, front, info, baseline_fronts(config.compare, info))
     console.print(front_table(front, info, len(records)))
     console.print(f"wrote {run_dir / 'pareto.csv'} and {run_dir / 'pareto.png'}")
     for line in hooks.search_finished(search=info, trials=records, front=front):

@@ -98,8 +98,14 @@ def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -
     return table
 
 
-def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], info: SearchInfo) -> bytes:
-    """PNG of quality vs FLOPs: every trial, the front, the base model and the budget line."""
+def plot_front(
+    records: Sequence[TrialRecord],
+    front: Sequence[TrialRecord],
+    info: SearchInfo,
+    baselines: Sequence[tuple[str, Sequence[TrialRecord]]] = (),
+) -> bytes:
+    """PNG of quality vs FLOPs: every trial, the front, the base model, the budget line, and the fronts
+    of ``baselines`` (label, front) from other searches on the same base model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,14 +114,29 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], inf
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     done = [r for r in records if r.state == "complete"]
     ax.scatter([r.flops / 1e6 for r in done], [r.quality for r in done], c="0.7", s=18, label="trials")
-    ax.plot([r.flops / 1e6 for r in front], [r.quality for r in front], "o-", c="C0", label="Pareto front")
+    ax.plot(
+        [r.flops / 1e6 for r in front],
+        [r.quality for r in front],
+        "o-",
+        c="C0",
+        label=f"{info.strategy} front",
+    )
+    for i, (label, other) in enumerate(baselines, start=1):
+        ax.plot(
+            [r.flops / 1e6 for r in other],
+            [r.quality for r in other],
+            "s--",
+            c=f"C{i}",
+            alpha=0.8,
+            label=label,
+        )
     if info.base:
         ax.scatter(
             [info.base["flops"] / 1e6],
             [info.base["quality"]],
             marker="*",
             s=160,
-            c="C3",
+            c="crimson",
             label="base model",
             zorder=3,
         )
@@ -134,9 +155,13 @@ def plot_front(records: Sequence[TrialRecord], front: Sequence[TrialRecord], inf
 
 
 def write_front(
-    run_dir: Path, records: Sequence[TrialRecord], front: Sequence[TrialRecord], info: SearchInfo
+    run_dir: Path,
+    records: Sequence[TrialRecord],
+    front: Sequence[TrialRecord],
+    info: SearchInfo,
+    baselines: Sequence[tuple[str, Sequence[TrialRecord]]] = (),
 ) -> tuple[Path, Path]:
-    """Write pareto.csv and pareto.png into the run directory (atomically)."""
+    """Write pareto.csv and pareto.png (with the ``baselines`` fronts) into the run directory, atomically."""
     csv_path = atomic_write_text(run_dir / "pareto.csv", front_csv(front, info))
-    png_path = atomic_write_bytes(run_dir / "pareto.png", plot_front(records, front, info))
+    png_path = atomic_write_bytes(run_dir / "pareto.png", plot_front(records, front, info, baselines))
     return csv_path, png_path

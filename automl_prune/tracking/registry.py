@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from automl_prune.errors import AutomlPruneError
 from automl_prune.io import atomic_write_json
 from automl_prune.search.records import SearchInfo, TrialRecord
-from automl_prune.tracking import plugin
+from automl_prune.tracking import runs, store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -91,8 +91,12 @@ def registered_model_name(search: SearchInfo) -> str:
 def select_best(front: list[TrialRecord], max_flops: float | None) -> TrialRecord | None:
     """The highest-quality front member within the budget that saved a model (ties: fewer FLOPs)."""
     ok = [
-        t for t in front
-        if t.state == "complete" and t.quality is not None and t.flops is not None and t.model_dir
+        t
+        for t in front
+        if t.state == "complete"
+        and t.quality is not None
+        and t.flops is not None
+        and t.model_dir
         and (max_flops is None or t.flops <= max_flops)
     ]
     return min(ok, key=lambda t: (-t.quality, t.flops, t.number)) if ok else None
@@ -112,17 +116,22 @@ def _compare(decision: PromotionDecision, champ_version: str, tags: dict[str, st
     if c_q is None or c_f is None:
         return False, (f"champion version {champ_version} kept: it has no quality/flops tags to compare with")
     if c_metric and metric and c_metric != metric:
-        return False, (f"champion version {champ_version} kept: it was measured by {c_metric!r}, "
-                       f"this search by {metric!r}")
+        return False, (
+            f"champion version {champ_version} kept: it was measured by {c_metric!r}, "
+            f"this search by {metric!r}"
+        )
     q, f = decision.quality, decision.flops
     if q > c_q and f <= c_f:
-        return True, (f"beats champion version {champ_version}: {metric} {q:.6g} > {c_q:.6g} "
-                      f"at {f:.6g} <= {c_f:.6g} FLOPs")
+        return True, (
+            f"beats champion version {champ_version}: {metric} {q:.6g} > {c_q:.6g} "
+            f"at {f:.6g} <= {c_f:.6g} FLOPs"
+        )
     if q <= c_q:
-        return False, (f"champion version {champ_version} kept: {metric} {q:.6g} is not above its "
-                       f"{c_q:.6g}")
-    return False, (f"champion version {champ_version} kept: {metric} {q:.6g} > {c_q:.6g} but "
-                   f"{f:.6g} FLOPs > its {c_f:.6g}")
+        return False, (f"champion version {champ_version} kept: {metric} {q:.6g} is not above its {c_q:.6g}")
+    return False, (
+        f"champion version {champ_version} kept: {metric} {q:.6g} > {c_q:.6g} but "
+        f"{f:.6g} FLOPs > its {c_f:.6g}"
+    )
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, search: SearchInfo) -> Any:
@@ -135,7 +144,8 @@ def _ensure_registered_model(client: MlflowClient, name: str, search: SearchInfo
             raise
     try:
         client.create_registered_model(
-            name, tags={"automl_prune.strategy": search.strategy},
+            name,
+            tags={"automl_prune.strategy": search.strategy},
             description=f"Pruned models found by automl_prune ({search.strategy}).",
         )
     except MlflowException as exc:  # created meanwhile by another search
@@ -144,12 +154,14 @@ def _ensure_registered_model(client: MlflowClient, name: str, search: SearchInfo
     return client.get_registered_model(name)
 
 
-def _record(client: MlflowClient, search: SearchInfo, parent_id: str | None,
-            decision: PromotionDecision) -> PromotionDecision:
+def _record(
+    client: MlflowClient, search: SearchInfo, parent_id: str | None, decision: PromotionDecision
+) -> PromotionDecision:
     """Log the decision on the parent run and in ``<run_dir>/promotion.json``."""
     if parent_id is not None:
-        plugin.log_batch(
-            client, parent_id,
+        runs.log_batch(
+            client,
+            parent_id,
             tags={
                 "promotion.registered_model": decision.registered_model,
                 "promotion.version": decision.version or "none",
@@ -159,41 +171,62 @@ def _record(client: MlflowClient, search: SearchInfo, parent_id: str | None,
                 "promotion.champion": decision.champion or "none",
             },
         )
-    record = {**decision.to_dict(), "tracking_uri": plugin.redact(client.tracking_uri), "search": search.name,
-              "parent_run_id": parent_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record = {
+        **decision.to_dict(),
+        "tracking_uri": store.redact(client.tracking_uri),
+        "search": search.name,
+        "parent_run_id": parent_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     atomic_write_json(Path(search.run_dir) / PROMOTION_FILE, record)
     log.info("promotion: %s", decision.summary())
     return decision
 
 
-def promote(client: MlflowClient, search: SearchInfo, front: list[TrialRecord],
-            trials: list[TrialRecord]) -> PromotionDecision:
+def promote(
+    client: MlflowClient, search: SearchInfo, front: list[TrialRecord], trials: list[TrialRecord]
+) -> PromotionDecision:
     """Register the best Pareto point under the budget and move ``champion`` if it wins (module doc)."""
     name = registered_model_name(search)
     uri = client.tracking_uri
-    experiment_id = plugin.ensure_experiment(client, search, uri)
-    parent_id = plugin.read_parent_run_id(search.run_dir)
-    if plugin.existing_parent_run(client, parent_id, experiment_id) is None:
-        parent_id = plugin.ensure_parent_run(client, search, uri, reopen=False)
+    experiment_id = runs.ensure_experiment(client, search, uri)
+    parent_id = runs.read_parent_run_id(search.run_dir)
+    if runs.existing_parent_run(client, parent_id, experiment_id) is None:
+        parent_id = runs.ensure_parent_run(client, search, uri, reopen=False)
 
     best = select_best(front, search.max_flops)
     if best is None:
         budget = "no budget" if search.max_flops is None else f"budget {search.max_flops:.6g} FLOPs"
-        within = [t for t in front if t.flops is not None
-                  and (search.max_flops is None or t.flops <= search.max_flops)]
-        why = ("Pareto points within the budget saved no model" if within
-               else f"no Pareto point within the FLOPs {budget}" if front else "the Pareto front is empty")
-        return _record(client, search, parent_id,
-                       PromotionDecision(name, None, False, f"{why}; nothing registered"))
+        within = [
+            t
+            for t in front
+            if t.flops is not None and (search.max_flops is None or t.flops <= search.max_flops)
+        ]
+        why = (
+            "Pareto points within the budget saved no model"
+            if within
+            else f"no Pareto point within the FLOPs {budget}"
+            if front
+            else "the Pareto front is empty"
+        )
+        return _record(
+            client, search, parent_id, PromotionDecision(name, None, False, f"{why}; nothing registered")
+        )
 
     decision = PromotionDecision(
-        name, None, False, "", trial_number=best.number, quality_metric=search.quality_metric,
-        quality=best.quality, flops=best.flops,
+        name,
+        None,
+        False,
+        "",
+        trial_number=best.number,
+        quality_metric=search.quality_metric,
+        quality=best.quality,
+        flops=best.flops,
     )
-    run = plugin.find_trial_run(client, experiment_id, parent_id, best.number)
+    run = runs.find_trial_run(client, experiment_id, parent_id, best.number)
     if run is None:  # its trial_finished never reached this store: log it now
-        plugin.log_trial(client, search, experiment_id, parent_id, best)
-        run = plugin.find_trial_run(client, experiment_id, parent_id, best.number)
+        runs.log_trial(client, search, experiment_id, parent_id, best)
+        run = runs.find_trial_run(client, experiment_id, parent_id, best.number)
     if run is None or not client.list_artifacts(run.info.run_id, "model"):
         decision.reason = f"trial {best.number} has no model/ artifact in its run; nothing registered"
         return _record(client, search, parent_id, decision)
@@ -210,7 +243,10 @@ def promote(client: MlflowClient, search: SearchInfo, front: list[TrialRecord],
         again = f"trial {best.number} was already registered as version {version.version}; "
     else:
         version = client.create_model_version(
-            name, decision.source, run_id=run.info.run_id, await_creation_for=0,
+            name,
+            decision.source,
+            run_id=run.info.run_id,
+            await_creation_for=0,
             description=f"search {search.name}, trial {best.number}",
             tags={
                 "quality": repr(float(best.quality)),
@@ -258,8 +294,9 @@ def _read_trials(path: Path) -> list[TrialRecord]:
     return trials
 
 
-def promote_search(run_dir: str | Path, tracking_uri: str | None = None,
-                   registered_model: str | None = None) -> PromotionDecision:
+def promote_search(
+    run_dir: str | Path, tracking_uri: str | None = None, registered_model: str | None = None
+) -> PromotionDecision:
     """Promote the best Pareto point of an earlier search (``automl-prune promote RUN_DIR``).
 
     Reads ``<run_dir>/search.json`` and ``<run_dir>/trials.jsonl``; ``tracking_uri`` and
@@ -276,8 +313,9 @@ def promote_search(run_dir: str | Path, tracking_uri: str | None = None,
     try:
         search = SearchInfo.from_json(search_file.read_text())
     except (json.JSONDecodeError, TypeError) as exc:
-        raise AutomlPruneError(f"{search_file} is not a search record ({exc})",
-                               "rerun the search to rewrite it") from None
+        raise AutomlPruneError(
+            f"{search_file} is not a search record ({exc})", "rerun the search to rewrite it"
+        ) from None
     search.run_dir = run_dir
     if tracking_uri:
         search.tracking_uri = tracking_uri
@@ -287,18 +325,18 @@ def promote_search(run_dir: str | Path, tracking_uri: str | None = None,
 
     trials = _read_trials(trials_file) if trials_file.is_file() else []
     front = pareto_front(trials)
-    uri, client = plugin.open_client(search)
-    with plugin.tracking_errors(uri, "promoting the best Pareto point"):
-        experiment_id = plugin.ensure_experiment(client, search, uri)
-        parent_id = plugin.read_parent_run_id(run_dir)
-        created = plugin.existing_parent_run(client, parent_id, experiment_id) is None
+    uri, client = store.open_client(search)
+    with store.tracking_errors(uri, "promoting the best Pareto point"):
+        experiment_id = runs.ensure_experiment(client, search, uri)
+        parent_id = runs.read_parent_run_id(run_dir)
+        created = runs.existing_parent_run(client, parent_id, experiment_id) is None
         if created:
-            parent_id = plugin.ensure_parent_run(client, search, uri, reopen=False)
+            parent_id = runs.ensure_parent_run(client, search, uri, reopen=False)
         if created:
-            logged = plugin.trial_runs(client, experiment_id, parent_id)
+            logged = runs.trial_runs(client, experiment_id, parent_id)
             for trial in trials:
                 if trial.number not in logged:
-                    plugin.log_trial(client, search, experiment_id, parent_id, trial)
+                    runs.log_trial(client, search, experiment_id, parent_id, trial)
         decision = promote(client, search, front, trials)
         if created:
             client.set_terminated(parent_id, "FINISHED")

@@ -1,0 +1,388 @@
+"""Logging a search to MLflow runs.
+
+- experiment ``automl-prune/<search name>``; one parent run per search, reopened when the search is
+  resumed (its id is kept in ``<run_dir>/mlflow_parent_run_id``); one nested run per trial, tagged
+  ``trial_number``, with the pruned model under ``model/`` and the trial's figures under ``figures/``.
+- nothing here holds MLflow state between calls: runs are addressed by explicit id (the parent's from the
+  run directory, a trial's by its ``trial_number`` tag), never through MLflow's active-run stack. So trial
+  results may arrive in any process (a Ray driver, a resumed search) and a trial reported twice is logged
+  once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automl_prune.io import atomic_write_text
+from automl_prune.tracking.store import artifact_location, redact
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from automl_prune.search.records import SearchInfo, TrialRecord
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ID_FILE = "mlflow_parent_run_id"
+EXPERIMENT_PREFIX = "automl-prune/"
+PARENT_TAG = "mlflow.parentRunId"
+
+# MLflow's limits (mlflow.utils.validation): longer values are truncated, batches are chunked.
+_MAX_PARAM_VAL = 6000
+_MAX_TAG_VAL = 8000
+_MAX_KEY = 250
+_BATCH_PARAMS_TAGS = 100
+_BATCH_METRICS = 1000
+_VERSIONED = ("automl-prune", "torch", "torchvision", "torch-pruning", "fvcore", "optuna", "ray", "mlflow")
+
+
+# ------------------------------------------------------------------------------------- small helpers
+
+
+def _key(name: str) -> str:
+    """An MLflow-safe key: alphanumerics, ``_ - . / space``; other characters become ``_``."""
+    return re.sub(r"[^\w\-. /]", "_", str(name))[:_MAX_KEY] or "_"
+
+
+def _str(value: Any, limit: int) -> str:
+    if isinstance(value, str):
+        text = redact(value)
+    elif isinstance(value, (int, float, bool)) or value is None:
+        text = str(value)
+    else:
+        text = redact(json.dumps(value, sort_keys=True, default=str))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:  # numpy / torch scalars
+        return float(value.item())
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> None:
+    """Log in MLflow-sized batches; None and non-numeric metric values are skipped."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    p = [Param(_key(k), _str(v, _MAX_PARAM_VAL)) for k, v in (params or {}).items()]
+    t = [RunTag(_key(k), _str(v, _MAX_TAG_VAL)) for k, v in (tags or {}).items() if v is not None]
+    m = []
+    for k, v in (metrics or {}).items():
+        x = _number(v)
+        if x is not None:
+            m.append(Metric(_key(k), x, now, 0))
+    for i in range(0, len(p), _BATCH_PARAMS_TAGS):
+        client.log_batch(run_id, params=p[i : i + _BATCH_PARAMS_TAGS])
+    for i in range(0, len(t), _BATCH_PARAMS_TAGS):
+        client.log_batch(run_id, tags=t[i : i + _BATCH_PARAMS_TAGS])
+    for i in range(0, len(m), _BATCH_METRICS):
+        client.log_batch(run_id, metrics=m[i : i + _BATCH_METRICS])
+
+
+def _versions() -> dict[str, str]:
+    out = {"version.python": platform.python_version()}
+    for dist in _VERSIONED:
+        module = sys.modules.get(dist.replace("-", "_"))
+        version = getattr(module, "__version__", None)  # torch's carries the build: 2.x.y+cpu
+        if isinstance(version, str):
+            out[f"version.{dist}"] = version
+            continue
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[f"version.{dist}"] = importlib.metadata.version(dist)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_run_links() -> Iterator[None]:
+    """MLflow prints two 'View run' lines per ended run on HTTP stores; keep them for the parent only."""
+    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    old = os.environ.get(key)
+    os.environ[key] = "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+# ------------------------------------------------------------------------------- experiment and runs
+
+
+def experiment_name(search: SearchInfo) -> str:
+    return f"{EXPERIMENT_PREFIX}{search.name}"
+
+
+def ensure_experiment(client: MlflowClient, search: SearchInfo, uri: str) -> str:
+    """The id of ``automl-prune/<search name>``, created (or restored from the trash) when needed."""
+    from mlflow.exceptions import MlflowException
+
+    name = experiment_name(search)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(uri))
+        except MlflowException:  # created meanwhile by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def parent_run_id_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / PARENT_RUN_ID_FILE
+
+
+def read_parent_run_id(run_dir: str | Path) -> str | None:
+    path = parent_run_id_path(run_dir)
+    if not path.is_file():
+        return None
+    text = path.read_text().strip()
+    return text or None
+
+
+def existing_parent_run(client: MlflowClient, run_id: str | None, experiment_id: str) -> Run | None:
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:  # only "no such run": a store that is down must not fork the parent
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        log.warning("parent run %s is not in this tracking store; starting a new one", run_id)
+        return None
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        log.warning("parent run %s is deleted or in another experiment; starting a new one", run_id)
+        return None
+    return run
+
+
+def parent_params(search: SearchInfo) -> dict[str, Any]:
+    """Strategy, model, data, budget and quality metric, plus every config entry (flattened)."""
+    config = search.config or {}
+    params = flatten(config)
+    params["strategy"] = search.strategy
+    params.setdefault("model", config.get("model"))
+    params.setdefault("data", config.get("data"))
+    params["budget_max_flops"] = search.max_flops
+    params["quality_metric"] = search.quality_metric
+    params["search_name"] = search.name
+    return params
+
+
+def parent_tags(search: SearchInfo) -> dict[str, Any]:
+    config, conv = search.config or {}, search.conventions or {}
+    tags: dict[str, Any] = {f"convention.{k}": v for k, v in conv.items()}
+    tags.update(_versions())
+    tags.update(
+        {
+            "automl_prune.search": search.name,
+            "automl_prune.strategy": search.strategy,
+            "automl_prune.run_dir": str(Path(search.run_dir).resolve()),
+            "quality_metric": search.quality_metric,
+            "seed": config.get("seed", conv.get("seed")),
+            "device": config.get("device", conv.get("device")),
+        }
+    )
+    return tags
+
+
+def base_metrics(search: SearchInfo) -> dict[str, Any]:
+    metrics = {f"base_{k}": v for k, v in (search.base or {}).items()}
+    if "quality" in (search.base or {}):
+        metrics[f"base_{search.quality_metric}"] = search.base["quality"]
+    return metrics
+
+
+def _log_missing_base(client: MlflowClient, run: Run, search: SearchInfo) -> None:
+    """The base model is measured after ``search_started``: log its metrics once they are known."""
+    missing = {k: v for k, v in base_metrics(search).items() if _key(k) not in run.data.metrics}
+    if missing:
+        log_batch(client, run.info.run_id, metrics=missing)
+
+
+def parent_run(client: MlflowClient, search: SearchInfo, uri: str, experiment_id: str) -> str:
+    """The id of the search's parent run for a hook other than ``search_started`` (made if missing)."""
+    run = existing_parent_run(client, read_parent_run_id(search.run_dir), experiment_id)
+    if run is None:
+        return ensure_parent_run(client, search, uri)
+    _log_missing_base(client, run, search)
+    return run.info.run_id
+
+
+def ensure_parent_run(client: MlflowClient, search: SearchInfo, uri: str, *, reopen: bool = True) -> str:
+    """The parent run of ``search``: the one named in the run directory if this store has it, else a new one.
+
+    A reopened run is set back to RUNNING when ``reopen``; its params are immutable in MLflow, so only
+    params it lacks are logged and a changed value is recorded as a ``resume.changed.<key>`` tag.
+    The id is written atomically to ``<run_dir>/mlflow_parent_run_id``.
+    """
+    experiment_id = ensure_experiment(client, search, uri)
+    run = existing_parent_run(client, read_parent_run_id(search.run_dir), experiment_id)
+    params = {_key(k): _str(v, _MAX_PARAM_VAL) for k, v in parent_params(search).items()}
+    if run is not None:
+        run_id = run.info.run_id
+        old = run.data.params
+        changed = {f"resume.changed.{k}": v for k, v in params.items() if k in old and old[k] != v}
+        tags: dict[str, Any] = dict(changed)
+        if reopen:
+            tags["resume.count"] = int(run.data.tags.get("resume.count", "0")) + 1
+            client.update_run(run_id, status="RUNNING")
+        log_batch(client, run_id, params={k: v for k, v in params.items() if k not in old}, tags=tags)
+        _log_missing_base(client, run, search)
+        return run_id
+    run = client.create_run(experiment_id, run_name=search.name, tags={"automl_prune.role": "search"})
+    run_id = run.info.run_id
+    log_batch(client, run_id, params=params, metrics=base_metrics(search), tags=parent_tags(search))
+    Path(search.run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(parent_run_id_path(search.run_dir), run_id + "\n")
+    return run_id
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[int, Run]:
+    """The nested runs of a parent by trial number (the newest one when a number appears twice)."""
+    from mlflow.entities import ViewType
+
+    out: dict[int, Run] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
+        for run in page:
+            number = run.data.tags.get("trial_number")
+            if number is not None and number.lstrip("-").isdigit():
+                out[int(number)] = run
+        token = page.token
+        if not token:
+            return out
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_id: str, number: int) -> Run | None:
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.trial_number = '{int(number)}'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trial_metrics(search: SearchInfo, trial: TrialRecord) -> dict[str, Any]:
+    metrics: dict[str, Any] = dict(trial.metrics or {})
+    metrics.update(
+        {
+            "quality": trial.quality,
+            search.quality_metric: trial.quality,
+            "flops": trial.flops,
+            "n_params": trial.n_params,
+            "latency_ms": trial.latency_ms,
+            "target_flops": trial.target_flops,
+            "wall_time_s": trial.wall_time_s,
+        }
+    )
+    return {k: v for k, v in metrics.items() if v is not None and not _is_nan(v)}
+
+
+def _is_nan(value: Any) -> bool:
+    x = _number(value)
+    return x is not None and math.isnan(x)
+
+
+def log_trial(
+    client: MlflowClient, search: SearchInfo, experiment_id: str, parent_id: str, trial: TrialRecord
+) -> str:
+    """Log ``trial`` as a nested run of ``parent_id``; a trial already logged is not logged again.
+
+    A run of the same trial left RUNNING (a crash while logging) is deleted and logged anew.
+    """
+    from mlflow.entities import RunStatus
+
+    existing = find_trial_run(client, experiment_id, parent_id, trial.number)
+    if existing is not None:
+        if existing.info.status in ("FINISHED", "FAILED", "KILLED"):
+            return existing.info.run_id
+        client.delete_run(existing.info.run_id)
+    failed = trial.state != "complete"
+    tags = {
+        PARENT_TAG: parent_id,
+        "trial_number": str(trial.number),
+        "state": trial.state,
+        "feasible": str(bool(trial.feasible)).lower(),
+        "automl_prune.search": search.name,
+        "automl_prune.role": "trial",
+    }
+    run = client.create_run(experiment_id, run_name=f"trial-{trial.number}", tags=tags)
+    run_id = run.info.run_id
+    status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+    try:
+        log_batch(
+            client,
+            run_id,
+            params=flatten(trial.params or {}),
+            metrics=trial_metrics(search, trial),
+            tags={"error": trial.error} if trial.error else None,
+        )
+        if trial.model_dir and Path(trial.model_dir).is_dir():
+            client.log_artifacts(run_id, str(trial.model_dir), "model")
+        for fig in trial.figures or []:
+            if Path(fig).is_file():
+                client.log_artifact(run_id, str(fig), "figures")
+        client.log_dict(run_id, trial.to_dict(), "trial.json")
+    except BaseException:
+        with contextlib.suppress(Exception), _quiet_run_links():
+            client.set_terminated(run_id, "FAILED")
+        raise
+    with _quiet_run_links():
+        client.set_terminated(run_id, status)
+    return run_id
