@@ -132,3 +132,21 @@ def test_ray_backend_runs_the_same_trials(tmp_path: Path) -> None:
     assert sorted(r["number"] for r in records) == [0, 1, 2]
     assert all(r["state"] == "complete" for r in records)
     assert (out / "pareto.csv").exists() and (out / "mlflow.db").exists()
+
+
+def test_repeated_parameters_are_not_run_twice() -> None:
+    import optuna
+
+    from automl_prune.search.optuna_backend import ask_new, counted_trials
+
+    space = {"x": optuna.distributions.CategoricalDistribution([1, 2])}
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    for _ in range(2):
+        trial = ask_new(study, space)
+        study.tell(trial, [float(trial.params["x"]), 1.0])
+    assert sorted(t.params["x"] for t in study.trials if t.state.name == "COMPLETE") == [1, 2]
+    assert counted_trials(study) == 2
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert all(t.state.name == "PRUNED" for t in repeats)

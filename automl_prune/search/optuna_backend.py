@@ -13,6 +13,8 @@ from automl_prune.search.samplers import CONSTRAINT, make_sampler
 from automl_prune.search.setup import Prepared
 from automl_prune.search.trial import run_trial
 
+MAX_REPEATS = 20
+
 
 def open_study(prepared: Prepared) -> optuna.Study:
     config = prepared.plan.config
@@ -40,18 +42,45 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return len(interrupted)
 
 
+def ask_new(study: optuna.Study, distributions: dict) -> optuna.trial.Trial:
+    """A trial whose parameters no completed trial had: small NSGA-II populations repeat themselves.
+
+    A repeat is told PRUNED (tagged ``duplicate_of``), does not count as a trial, and the sampler is
+    asked again; after :data:`MAX_REPEATS` repeats in a row the repeat is run anyway.
+    """
+    seen = {
+        tuple(sorted(t.params.items())): t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    for _ in range(MAX_REPEATS):
+        trial = study.ask(distributions)
+        twin = seen.get(tuple(sorted(trial.params.items())))
+        if twin is None:
+            return trial
+        trial.set_user_attr("duplicate_of", twin)
+        study.tell(trial, state=TrialState.PRUNED)
+    return study.ask(distributions)
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Finished trials that count toward the budget: not interrupted (re-queued) and not repeats."""
+    interrupted = {int(k.split("_")[1]) for k in study.user_attrs if k.startswith("interrupted_")}
+    return sum(
+        t.state.is_finished() and t.number not in interrupted and "duplicate_of" not in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
 def run_optuna(prepared: Prepared, on_trial: Callable[[TrialRecord], None]) -> None:
     """Run the trials still missing from the study; a failed trial is told FAIL and the search goes on."""
     config, space = prepared.plan.config, prepared.plan.space
     study = open_study(prepared)
     requeue_interrupted(study)
-    interrupted = {int(k.split("_")[1]) for k in study.user_attrs if k.startswith("interrupted_")}
-    finished = [t for t in study.trials if t.state.is_finished() and t.number not in interrupted]
-    remaining = max(0, config.trials - len(finished))
+    remaining = max(0, config.trials - counted_trials(study))
     distributions = space.to_optuna()
     progress = prepared.context.progress
     for _ in progress.bar(range(remaining), desc=f"{prepared.plan.strategy.name} trials", leave=True):
-        trial = study.ask(distributions)
+        trial = ask_new(study, distributions)
         record = run_trial(prepared, {**space.fixed, **trial.params}, trial.number)
         if record.state == "complete":
             trial.set_constraint(CONSTRAINT, constraint_value(record.flops, prepared.plan.max_flops))
