@@ -49,6 +49,11 @@ def test_pruned_model_meets_target_by_fvcore(prepared: Prepared, criterion: str,
         p.numel() for p in context.model.parameters()
     )
     assert 0.0 <= candidate.quality <= 1.0 and "test_accuracy" in candidate.metrics
+    widths = {
+        name: m.out_channels for name, m in candidate.model.named_modules() if hasattr(m, "out_channels")
+    }
+    for key, kept in candidate.spec["keep"].items():  # the recorded keep masks are the sliced widths
+        assert widths[key] == len(kept)
 
 
 def test_fine_tuning_recovers_accuracy(prepared: Prepared) -> None:

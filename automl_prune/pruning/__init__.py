@@ -16,7 +16,7 @@ from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member,
 from automl_prune.pruning.gumbel import deterministic_gates, gumbel_sigmoid
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
-from automl_prune.pruning.selection import global_keep, keep_for_target, uniform_keep
+from automl_prune.pruning.selection import global_keep, keep_for_target, kept_indices, uniform_keep
 from automl_prune.pruning.surgery import hard_keep, slice_model
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "gumbel_sigmoid",
     "hard_keep",
     "keep_for_target",
+    "kept_indices",
     "load_pruned",
     "log_abs",
     "log_hinge",

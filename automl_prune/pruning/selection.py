@@ -78,3 +78,9 @@ def keep_for_target(
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if flops_of(global_keep(scores, units, mid)) <= target else (lo, mid - 1)
     return global_keep(scores, units, lo)
+
+
+def kept_indices(keep: Keep) -> dict[str, list[int]]:
+    """Keep masks as JSON (kept channel indices per group), stored in a pruned model's spec so its
+    channels can be mapped back to the base model's (explanations, warm starts)."""
+    return {key: mask.nonzero().flatten().tolist() for key, mask in keep.items()}

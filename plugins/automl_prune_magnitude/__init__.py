@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.pruning import GatedFlops, analyze, keep_for_target, slice_model
+from automl_prune.pruning import GatedFlops, analyze, keep_for_target, kept_indices, slice_model
 from automl_prune.space import builtin_space_path
 
 TAYLOR_BATCHES = 4
@@ -89,6 +89,7 @@ class MagnitudeStrategy(Strategy):
             model=pruned,
             quality=val[metric],
             target_flops=target,
+            spec={"keep": kept_indices(keep)},
             metrics={**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}},
         )
 
