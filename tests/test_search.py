@@ -81,6 +81,7 @@ def test_existing_run_dir_is_not_overwritten(toy_plugin: Path, tmp_path: Path) -
 def test_prepare_is_cached_across_searches(toy_plugin: Path, tmp_path: Path, monkeypatch) -> None:
     log = tmp_path / "prepare.log"
     monkeypatch.setenv("TOY_PREPARE_LOG", str(log))
+    monkeypatch.setenv("AUTOML_PRUNE_CACHE", str(tmp_path / "cache"))  # not shared with earlier tests
     run_search(toy_config(tmp_path / "first", trials=1))
     run_search(toy_config(tmp_path / "second", trials=2, sampler="tpe"))
     assert log.read_text().splitlines() == ["prepare"]
