@@ -15,8 +15,16 @@ from automl_prune.search.records import SearchInfo, TrialRecord
 
 
 def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Completed, feasible trials no other trial beats on both quality and FLOPs; sorted by FLOPs."""
-    pool = [r for r in records if r.state == "complete" and r.feasible]
+    """Completed, feasible trials no other trial beats on both quality and FLOPs; sorted by FLOPs.
+
+    A parameter set run twice (Ray's sampler can repeat one) appears once, as its first trial.
+    """
+    pool, seen = [], set()
+    for r in sorted(records, key=lambda r: r.number):
+        key = json.dumps(r.params, sort_keys=True, default=str)
+        if r.state == "complete" and r.feasible and key not in seen:
+            seen.add(key)
+            pool.append(r)
     front = [
         r
         for r in pool

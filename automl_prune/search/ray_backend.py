@@ -80,6 +80,7 @@ def run_ray(prepared: Prepared, on_trial: Callable[[TrialRecord], None], n_trial
     config = prepared.plan.config
     space = prepared.plan.space
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in trials.jsonl
     if not ray.is_initialized():
         init: dict[str, Any] = {
             "include_dashboard": False,
