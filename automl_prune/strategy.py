@@ -60,6 +60,29 @@ class Context:
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         return self.task.evaluate(model, self.data, split, batch_size=self.batch_size, device=self.device)
 
+    def finetune(self, model: nn.Module, *, epochs: int, lr: float, distill: bool = False) -> nn.Module:
+        """Fine-tune with the task's own recipe: the same budget for every strategy that is compared.
+
+        With ``distill``, the base model is the teacher.
+        """
+        return self.task.train(
+            model,
+            self.data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=self.batch_size,
+            device=self.device,
+            seed=self.seed,
+            progress=self.progress,
+            teacher=self.model if distill else None,
+        )
+
+    def scores(self, model: nn.Module) -> tuple[float, dict[str, float]]:
+        """Validation quality (what selection uses) and ``val_*``/``test_*`` metrics (test: reported only)."""
+        val, test = self.evaluate(model, "val"), self.evaluate(model, "test")
+        metrics = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
+        return val[self.task.quality_metric], metrics
+
 
 @dataclass
 class Candidate:

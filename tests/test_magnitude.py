@@ -8,25 +8,13 @@ import pytest
 
 import automl_prune
 from automl_prune.flops import count_flops
-from automl_prune.search.config import SearchConfig
-from automl_prune.search.setup import Prepared, plan_search, prepare_search
+from automl_prune.search.setup import Prepared
+from tests.searches import small_search
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    out = tmp_path_factory.mktemp("magnitude")
-    config = SearchConfig(
-        strategy="magnitude",
-        model="resnet20",
-        model_args={"width": 8},
-        data="digits",
-        out=str(out),
-        max_flops="0.6",
-        base_epochs=3,
-        base_lr=0.1,
-        quiet=True,
-    )
-    return prepare_search(plan_search(config))
+    return small_search(tmp_path_factory.mktemp("magnitude"), "magnitude")
 
 
 @pytest.mark.parametrize(

@@ -70,27 +70,19 @@ class MagnitudeStrategy(Strategy):
         keep = keep_for_target(scores, units, lambda k: float(flops(k)), target, params["scope"])
         model.zero_grad(set_to_none=True)
         pruned = slice_model(model, example, keep, analysis)
-        teacher = context.model if params.get("distill") else None
-        context.task.train(
+        context.finetune(
             pruned,
-            context.data,
             epochs=int(params["finetune_epochs"]),
             lr=float(params["lr"]),
-            batch_size=context.batch_size,
-            device=context.device,
-            seed=context.seed,
-            progress=context.progress,
-            teacher=teacher,
+            distill=bool(params["distill"]),
         )
-        val = context.evaluate(pruned, "val")
-        test = context.evaluate(pruned, "test")
-        metric = context.task.quality_metric
+        quality, metrics = context.scores(pruned)
         return Candidate(
             model=pruned,
-            quality=val[metric],
+            quality=quality,
             target_flops=target,
             spec={"keep": kept_indices(keep)},
-            metrics={**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}},
+            metrics=metrics,
         )
 
 

@@ -1,0 +1,399 @@
+"""Interpretation-steered pruning (ISP, ECCV 2022): prune so that the model still explains like the original.
+
+Stages (see ``/work/shared/methods/interpretation.md``):
+
+- ``prepare`` (cached by the core, shared by every trial and every later search on the same base
+  model): the explainer (predictor + RBF selector, ``explainer.py``), the pruning pairs (a seeded subset
+  of ``pair_fraction`` of the training images, at least ``min_pairs``, with the original model's raw RBF
+  parameters, activated centre/width, and labels), the explainer's agreement numbers, and which channel
+  group carries each tap (``tap_groups.py``) so that pruned models can be explained.
+- :func:`explanation_agreement` explains any pruned copy of the base model whose keep masks are known
+  (e.g. a magnitude trial's ``spec["keep"]``) and returns its mean mask IoU with the original.
+- ``run`` (one trial): the gate search (``gate_search.py``), extraction with budget repair and the
+  masked == sliced check (``extraction.py``), fine-tuning with the task's own training for
+  ``finetune_epochs`` (the magnitude baseline's budget), and the explanation agreement of the pruned
+  model with the original (mean IoU of masks thresholded at 0.5 on the validation split), plus a figure.
+
+Which explainer settings shape ``prepare``: ``prepare_key`` cannot see a trial's parameters, so it reads
+the fixed values (or defaults) of ``kind``, ``predictor_epochs``, ``selector_epochs``, ``predictor_lr``,
+``selector_lr``, ``l1``, ``l2``, ``pair_fraction`` and ``min_pairs`` from the strategy's space file. A
+trial whose values differ (``--set kind=pixel``, or a ``--space`` file with other values) prepares
+its own explainer through the same on-disk cache, once per process.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.pruning import GatedFlops, analyze, kept_indices
+from automl_prune.space import builtin_space_path, load_space
+from automl_prune_interpretation.extraction import choose, repair_to_budget, slice_checked
+from automl_prune_interpretation.gate_search import Pairs, freeze, search_gates
+from automl_prune_interpretation.tap_groups import TapGroup, kept_positions, scatter_channels, tap_groups
+
+PREPARE_KEYS = (
+    "kind",
+    "predictor_epochs",
+    "selector_epochs",
+    "predictor_lr",
+    "selector_lr",
+    "l1",
+    "l2",
+    "pair_fraction",
+    "min_pairs",
+)
+SELECT_LAST = 3  # extraction chooses among the architectures after each of the last epochs
+PROBE_IMAGES = 16  # validation images used to find which group carries each tap
+FIGURE_IMAGES = 8
+IOU_THRESHOLD = 0.5
+
+
+def _pair_indices(n: int, fraction: float, minimum: int, seed: int) -> torch.Tensor:
+    count = min(n, max(math.ceil(fraction * n), minimum))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
+def _stack(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def _first_batch(context: Context, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = next(iter(context.loader(split, batch_size=n)))
+    return x.to(context.device), y.to(context.device)
+
+
+def _groups_to_artifacts(groups: dict[str, TapGroup | None]) -> dict[str, Any]:
+    return {
+        t: ({"key": g.key, "channels": torch.tensor(g.channels)} if g is not None else {"key": ""})
+        for t, g in groups.items()
+    }
+
+
+def _groups_from_artifacts(stored: dict[str, Any]) -> dict[str, TapGroup | None]:
+    return {
+        t: TapGroup(t, g["key"], tuple(int(c) for c in g["channels"])) if g["key"] else None
+        for t, g in stored.items()
+    }
+
+
+class PrunedExplainer:
+    """Explains a pruned copy of the base model with the original's selector.
+
+    The pruned model's tap features are scattered back into zeros at the channels its keep masks kept
+    (``tap_groups.kept_positions``), which is what the masked original computes there, so the selector's
+    decoder sees the channel layout it was trained on. ``keep`` may be boolean masks or a pruned model's
+    ``spec["keep"]`` index lists (this is how magnitude baselines are explained too).
+    """
+
+    def __init__(self, explainer: Any, groups: dict[str, TapGroup | None], analysis: Any, keep: Any) -> None:
+        self.explainer = explainer
+        self.positions = kept_positions(groups, keep, analysis)
+        self.channels = list(explainer.selector.init_args["tap_channels"])
+
+    def outputs(
+        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from automl_prune_interpretation.taps import Taps
+
+        names = list(self.explainer.taps)
+        with Taps(model, names) as taps:
+            logits = model(x)
+        features = [
+            scatter_channels(f, self.positions[n], c)
+            for n, f, c in zip(names, taps.outputs, self.channels, strict=True)
+        ]
+        missing = [n for n, f, c in zip(names, features, self.channels, strict=True) if f.shape[1] != c]
+        if missing:
+            raise ValueError(f"taps {missing} of the pruned model are not carried by a gated channel group")
+        return self.explainer.selector(features, labels), logits
+
+    @torch.no_grad()
+    def masks(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            raw, _ = self.outputs(model, x, labels)
+        finally:
+            model.train(was_training)
+        return self.explainer.selector.masks(raw, tuple(self.explainer.image_size))
+
+
+@torch.no_grad()
+def mean_mask_iou(
+    explainer: Any,
+    original: nn.Module,
+    pruned_explainer: PrunedExplainer,
+    pruned: nn.Module,
+    loader: Any,
+    device: torch.device,
+) -> float:
+    """Mean IoU (masks thresholded at 0.5) of the original's and the pruned model's explanations of the
+    same decision: the class the original predicts (what the selector was trained to explain)."""
+    from automl_prune_interpretation.explainer import mask_iou
+
+    total, count = 0.0, 0
+    original.eval()
+    for x, _ in loader:
+        x = x.to(device)
+        explained = original(x).argmax(dim=1)
+        a = explainer.masks(original, x, explained)
+        b = pruned_explainer.masks(pruned, x, explained)
+        iou = mask_iou(a, b, threshold=IOU_THRESHOLD)
+        total += float(iou.sum())
+        count += len(iou)
+    return total / max(1, count)
+
+
+def explanation_agreement(
+    context: Context, artifacts: dict[str, Any], pruned: nn.Module, keep: Any, split: str = "val"
+) -> float:
+    """Mean mask IoU on ``split`` between the original model's explanations and those of ``pruned``, a
+    sliced copy of ``context.model`` whose keep masks are ``keep`` (boolean masks, or a pruned model's
+    ``spec["keep"]`` index lists, as the magnitude baseline stores them). ``artifacts`` are this
+    strategy's prepared artifacts for the same base model."""
+    from automl_prune_interpretation.explainer import load_explainer
+
+    explainer = load_explainer(artifacts["explainer"], context.model)
+    analysis = analyze(copy.deepcopy(context.model).eval(), context.example_input(1))
+    pruned_explainer = PrunedExplainer(
+        explainer, _groups_from_artifacts(artifacts["tap_groups"]), analysis, keep
+    )
+    return mean_mask_iou(
+        explainer,
+        context.model.eval(),
+        pruned_explainer,
+        pruned.eval(),
+        context.loader(split),
+        context.device,
+    )
+
+
+class InterpretationStrategy(Strategy):
+    name = "interpretation"
+    tasks = ("classification",)
+    space = builtin_space_path("interpretation")
+    version = "1"
+    description = (
+        "ISP: channel gates learned so the pruned model's RBF explanations match the original's, "
+        "under a FLOPs hinge; extraction on validation, equal-budget fine-tuning"
+    )
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self._settings = dict(settings) if settings is not None else None
+        self._prepared: dict[str, dict[str, Any]] = {}
+
+    # ---- prepare: explainer + pruning pairs (cached by the core) ----------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The explainer/pair settings: given at construction, else the space file's fixed values."""
+        if self._settings is None:
+            defaults = load_space(self.space).defaults()
+            self._settings = {k: defaults[k] for k in PREPARE_KEYS}
+        return dict(self._settings)
+
+    def prepare_key(self, context: Context) -> dict[str, Any]:
+        return self.settings()
+
+    def prepare(self, context: Context) -> dict[str, Any]:
+        from automl_prune_interpretation.explainer import agreement, build_explainer, explainer_state
+        from automl_prune_interpretation.rbf import activate
+
+        s = self.settings()
+        with torch.random.fork_rng():
+            torch.manual_seed(context.seed)
+            explainer = build_explainer(
+                context,
+                kind=s["kind"],
+                predictor_epochs=int(s["predictor_epochs"]),
+                selector_epochs=int(s["selector_epochs"]),
+                predictor_lr=float(s["predictor_lr"]),
+                selector_lr=float(s["selector_lr"]),
+                l1=float(s["l1"]),
+                l2=float(s["l2"]),
+            )
+        indices = _pair_indices(
+            len(context.data.train), float(s["pair_fraction"]), int(s["min_pairs"]), context.seed
+        )
+        images, labels = _stack(context.data.train, indices)
+        model = context.model.eval()
+        targets, classes = [], []
+        with torch.no_grad():
+            for chunk in images.split(context.batch_size):
+                explained = model(chunk.to(context.device)).argmax(dim=1)
+                raw, _ = explainer.outputs(model, chunk.to(context.device), explained)
+                targets.append(raw.detach().cpu())
+                classes.append(explained.cpu())
+        raw = torch.cat(targets)
+        pairs: dict[str, Any] = {
+            "indices": indices,
+            "images": images,
+            "labels": labels,
+            "classes": torch.cat(classes),
+            "raw": raw,
+        }
+        if s["kind"] == "rbf":
+            centre, width = activate(raw, tuple(explainer.image_size))
+            pairs.update(centre=centre, width=width)
+        agree = agreement(explainer, model, context.loader("val"), context.device)
+        probe = copy.deepcopy(context.model).eval()
+        example = context.example_input(1)
+        groups = tap_groups(
+            probe,
+            analyze(probe, example),
+            list(explainer.taps),
+            _first_batch(context, "val", PROBE_IMAGES)[0],
+        )
+        return {
+            "settings": s,
+            "explainer": explainer_state(explainer),
+            "pairs": pairs,
+            "agreement": {k: float(v) for k, v in agree.items()},
+            "tap_groups": _groups_to_artifacts(groups),
+        }
+
+    def _artifacts_for(
+        self, context: Context, settings: dict[str, Any], artifacts: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The prepared artifacts for a trial's explainer settings (the given ones if they match)."""
+        if all(artifacts["settings"].get(k) == settings[k] for k in settings):
+            return artifacts
+        from automl_prune.search.setup import cached_prepare
+
+        key = repr(sorted(settings.items()))
+        if key not in self._prepared:
+            context.progress.log(f"interpretation: preparing an explainer for {settings}")
+            self._prepared[key] = cached_prepare(
+                InterpretationStrategy({**self.settings(), **settings}), context
+            )
+        return self._prepared[key]
+
+    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
+        model = copy.deepcopy(context.model)
+        example = context.example_input(1)
+        return float(GatedFlops(model, analyze(model, example), example).min_flops())
+
+    # ---- run: gate search -> extraction -> fine-tuning ---------------------------------------------
+
+    def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
+        from automl_prune_interpretation.explainer import load_explainer
+        from automl_prune_interpretation.figures import save_mask_figure
+
+        artifacts = self._artifacts_for(
+            context, {k: params[k] for k in PREPARE_KEYS if k in params}, artifacts
+        )
+        device = context.device
+        explainer = load_explainer(artifacts["explainer"], context.model)
+        for part in (explainer.selector, explainer.predictor):
+            freeze(part.to(device))
+        stored = artifacts["pairs"]
+        pairs = Pairs(stored["images"], stored["labels"], stored["classes"], stored["raw"])
+        base = copy.deepcopy(context.model).to(device).eval()
+        example = context.example_input(1)
+        analysis = analyze(base, example)
+        flops = GatedFlops(base, analysis, example)
+        ratio = float(params["target_flops_ratio"])
+        target = ratio * context.base_flops
+        search = search_gates(
+            base,
+            analysis,
+            flops,
+            explainer,
+            pairs,
+            target_ratio=ratio,
+            l_int=float(params["l_int"]),
+            l_cls=float(params["l_cls"]),
+            l_res=float(params["l_res"]),
+            lr=float(params["gen_lr"]),
+            epochs=int(params["search_epochs"]),
+            batch_size=int(params.get("search_batch_size", context.batch_size)),
+            keep_last=SELECT_LAST,
+            seed=context.seed,
+            device=device,
+            progress=context.progress,
+        )
+        snapshots = search.logits
+        if not snapshots:  # no search epochs: the generator's initial proposal
+            with torch.no_grad():
+                snapshots = [(-1, {k: z.detach().cpu() for k, z in search.generator().items()})]
+        candidates = [(epoch, repair_to_budget(z, analysis, flops, target)) for epoch, z in snapshots]
+        metric = context.task.quality_metric
+        epoch, keep, scores = choose(candidates, base, analysis, lambda m: context.evaluate(m, "val")[metric])
+        x_val, _ = _first_batch(context, "val", context.batch_size)
+        pruned = slice_checked(base, analysis, keep, example, x_val)
+        for p in pruned.parameters():
+            p.requires_grad_(True)
+
+        groups = _groups_from_artifacts(artifacts["tap_groups"])
+        pruned_explainer = PrunedExplainer(explainer, groups, analysis, keep)
+        original = context.model.eval()
+        iou_before = mean_mask_iou(
+            explainer, original, pruned_explainer, pruned, context.loader("val"), device
+        )
+        masked_quality = scores[epoch]
+        context.finetune(
+            pruned,
+            epochs=int(params["finetune_epochs"]),
+            lr=float(params["lr"]),
+            distill=bool(params["distill"]),
+        )
+        pruned.eval()
+        quality, finetuned = context.scores(pruned)
+        iou = mean_mask_iou(explainer, original, pruned_explainer, pruned, context.loader("val"), device)
+
+        n = FIGURE_IMAGES
+        with torch.no_grad():
+            shown, explained = x_val[:n], original(x_val[:n]).argmax(dim=1)
+            before = explainer.masks(original, shown, explained)
+            after = pruned_explainer.masks(pruned, shown, explained)
+        from automl_prune_interpretation.explainer import mask_iou
+
+        figure = save_mask_figure(
+            Path(context.run_dir) / "figures" / f"isp_masks_{uuid.uuid4().hex[:12]}.png",
+            shown,
+            before,
+            after,
+            explained,
+            iou=mask_iou(before, after, threshold=IOU_THRESHOLD),
+            title=f"ISP at {ratio:.2f} of the base FLOPs: masks of the original (middle) and pruned (bottom)",
+        )
+        last = search.losses[-1] if search.losses else {}
+        metrics = {
+            **finetuned,
+            "val_mask_iou": iou,
+            "val_mask_iou_before_finetune": iou_before,
+            "val_masked_accuracy": masked_quality,
+            "search_loss_first": search.losses[0]["loss"] if search.losses else float("nan"),
+            "search_loss_last": last.get("loss", float("nan")),
+            "search_int_last": last.get("int", float("nan")),
+            "search_flops_ratio_last": last.get("flops_ratio", float("nan")),
+            **{f"explainer_{k}": float(v) for k, v in artifacts["agreement"].items()},
+        }
+        return Candidate(
+            model=pruned,
+            quality=quality,
+            target_flops=target,
+            metrics=metrics,
+            spec={
+                "keep": kept_indices(keep),
+                "isp": {
+                    "chosen_epoch": epoch,
+                    "explainer_kind": artifacts["settings"]["kind"],
+                    "masked_val_accuracy": {str(k): v for k, v in scores.items()},
+                },
+            },
+            figures=[figure],
+        )
+
+
+@hookimpl
+def register_strategies(register: Any) -> None:
+    register(InterpretationStrategy)

@@ -1,0 +1,180 @@
+"""Stage 6 of ISP: read a discrete architecture off the generator, meet the budget, slice, check.
+
+Budget repair. The generator is trained with a one-sided hinge on *sampled* gates, so its noise-free
+architecture 1[z + b >= 0] lands near the target but rarely on it: a little above (the hinge tolerates
+an overshoot of the noise's mean) or below. The target is a hard constraint of the search (fvcore's
+count of the sliced model), and compared methods must sit at equal FLOPs, so the architecture is
+repaired in the generator's own order of preference, on the exact FLOPs model ``GatedFlops``:
+
+1. every group keeps at least its highest-logit unit (slicing never empties a group, and a closed
+   group would make the masked model differ from the sliced one);
+2. over the target: close open units from the lowest logit up until it fits (a group's last open unit
+   is never closed);
+3. then (under the target, or after step 2 overshot it by closing an expensive unit): reopen closed
+   units from the highest logit down, each one only if it still fits, so the extracted model uses the
+   budget the trial asked for (it ends within about one cheap unit's cost of it).
+
+If the smallest architecture (one unit per group) exceeds the target, that is returned and the
+orchestrator records the trial as infeasible. Among the repaired architectures of the last few epochs,
+the one whose *masked* base model is most accurate on the validation split is chosen (never the test
+split); it is sliced physically and the slice is checked against the masked model on a validation batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from automl_prune.pruning import (
+    ChannelGates,
+    DependencyAnalysis,
+    GatedFlops,
+    deterministic_gates,
+    slice_model,
+)
+from automl_prune.pruning.gumbel import OFFSET
+
+Keep = dict[str, torch.Tensor]
+
+
+class SliceMismatchError(RuntimeError):
+    """The physically sliced model does not compute what the masked model computes."""
+
+
+def unit_logits(logits: dict[str, torch.Tensor], analysis: DependencyAnalysis) -> dict[str, torch.Tensor]:
+    """Per-unit logits from per-channel logits (a unit's channels share one logit)."""
+    return {g.key: logits[g.key].detach().cpu().view(g.units, g.unit)[:, 0].double() for g in analysis}
+
+
+def _channels(units: dict[str, torch.Tensor], analysis: DependencyAnalysis) -> Keep:
+    return {g.key: units[g.key].repeat_interleave(g.unit) for g in analysis}
+
+
+def repair_to_budget(
+    logits: dict[str, torch.Tensor],
+    analysis: DependencyAnalysis,
+    flops: GatedFlops,
+    target: float,
+    *,
+    offset: float = OFFSET,
+    fill: bool = True,
+) -> Keep:
+    """Boolean keep masks (per channel) from per-channel ``logits``, repaired to ``target`` FLOPs.
+
+    See the module docstring for the rule. ``fill=False`` skips step 3 (only ever closes units).
+    ``flops`` is evaluated once per unit changed (a vector op each, well under a millisecond).
+    """
+    z = unit_logits(logits, analysis)
+    gates = {k: deterministic_gates(v, offset) for k, v in z.items()}
+    for key, g in gates.items():
+        if not g.any():
+            g[z[key].argmax()] = 1.0
+
+    def cost() -> float:
+        return float(flops(_channels(gates, analysis)))
+
+    ranked = sorted(((float(v), key, i) for key, zs in z.items() for i, v in enumerate(zs.tolist())))
+    current = cost()
+    for _, key, i in ranked:
+        if current <= target:
+            break
+        if gates[key][i] == 1 and gates[key].sum() > 1:
+            gates[key][i] = 0.0
+            current = cost()
+    if fill and current <= target:
+        for _, key, i in reversed(ranked):
+            if gates[key][i] == 1:
+                continue
+            gates[key][i] = 1.0
+            trial = cost()
+            if trial <= target:
+                current = trial
+            else:
+                gates[key][i] = 0.0
+    return {k: v >= 0.5 for k, v in _channels(gates, analysis).items()}
+
+
+@torch.no_grad()
+def masked_outputs(
+    model: nn.Module, analysis: DependencyAnalysis, keep: Keep, x: torch.Tensor
+) -> torch.Tensor:
+    """``model``'s outputs with the channels ``keep`` drops gated to zero (the model stays unchanged)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with ChannelGates(model, analysis) as gates:
+            gates.set({k: v.float().to(x.device) for k, v in keep.items()})
+            return model(x)
+    finally:
+        model.train(was_training)
+
+
+def masked_quality(model: nn.Module, analysis: DependencyAnalysis, keep: Keep, evaluate: Callable) -> float:
+    """``evaluate(model)`` (e.g. validation accuracy) with the channels ``keep`` drops gated to zero."""
+    with ChannelGates(model, analysis) as gates:
+        gates.set({k: v.float() for k, v in keep.items()})
+        return float(evaluate(model))
+
+
+def choose(
+    candidates: list[tuple[int, Keep]],
+    model: nn.Module,
+    analysis: DependencyAnalysis,
+    evaluate: Callable[[nn.Module], float],
+) -> tuple[int, Keep, dict[int, float]]:
+    """The candidate whose masked model scores best by ``evaluate`` (ties: the later epoch)."""
+    scores: dict[int, float] = {}
+    seen: dict[tuple, float] = {}
+    best: tuple[float, int, Keep] | None = None
+    for epoch, keep in candidates:
+        signature = tuple(tuple(v.tolist()) for _, v in sorted(keep.items()))
+        if signature not in seen:
+            seen[signature] = masked_quality(model, analysis, keep, evaluate)
+        scores[epoch] = seen[signature]
+        if best is None or scores[epoch] >= best[0]:
+            best = (scores[epoch], epoch, keep)
+    assert best is not None, "no candidate architectures"
+    return best[1], best[2], scores
+
+
+def slice_checked(
+    model: nn.Module,
+    analysis: DependencyAnalysis,
+    keep: Keep,
+    example: torch.Tensor,
+    batch: torch.Tensor,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> nn.Module:
+    """``slice_model`` of ``model``, raising :class:`SliceMismatchError` unless it matches the masked
+    model on ``batch`` (both in eval mode)."""
+    sliced = slice_model(model, example, keep, analysis).eval()
+    masked = masked_outputs(model, analysis, keep, batch)
+    with torch.no_grad():
+        out = sliced(batch)
+    if out.shape != masked.shape or not torch.allclose(out, masked, atol=atol, rtol=rtol):
+        diff = (out - masked).abs().max().item() if out.shape == masked.shape else float("nan")
+        raise SliceMismatchError(
+            f"the sliced model differs from the masked model (max |diff| = {diff:.3g}); "
+            "a gate is not placed where slicing removes the channel"
+        )
+    return sliced
+
+
+def exact_flops_of(flops: GatedFlops) -> Callable[[Keep], float]:
+    return lambda keep: float(flops({k: v.double() for k, v in keep.items()}))
+
+
+__all__ = [
+    "SliceMismatchError",
+    "choose",
+    "exact_flops_of",
+    "masked_outputs",
+    "masked_quality",
+    "repair_to_budget",
+    "slice_checked",
+    "unit_logits",
+]
