@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from automl_prune_interpretation import explanation_agreement
+from automl_prune_interpretation.pruned_explanations import explanation_agreement
 
 from automl_prune.flops import count_flops, count_params
 from automl_prune.latency import measure_latency_ms

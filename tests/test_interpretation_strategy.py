@@ -11,15 +11,12 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from automl_prune_interpretation import (
-    InterpretationStrategy,
-    PrunedExplainer,
-    _groups_from_artifacts,
-    explanation_agreement,
-)
+from automl_prune_interpretation import InterpretationStrategy
 from automl_prune_interpretation.explainer import load_explainer
 from automl_prune_interpretation.extraction import masked_outputs, repair_to_budget
 from automl_prune_interpretation.gate_search import Pairs, search_gates
+from automl_prune_interpretation.pruned_explanations import PrunedExplainer, explanation_agreement
+from automl_prune_interpretation.tap_groups import groups_from_artifacts
 
 from automl_prune import Candidate
 from automl_prune.flops import count_flops
@@ -176,7 +173,7 @@ def test_pruned_model_is_explained_like_the_masked_one(prepared: Prepared) -> No
         m[0] = True
     sliced = slice_model(base, example, masks, analysis).eval()
     spec_keep = {k: m.nonzero().flatten().tolist() for k, m in masks.items()}
-    pruned = PrunedExplainer(explainer, _groups_from_artifacts(artifacts["tap_groups"]), analysis, spec_keep)
+    pruned = PrunedExplainer(explainer, groups_from_artifacts(artifacts["tap_groups"]), analysis, spec_keep)
     x, y = next(iter(context.loader("val")))
     from automl_prune.pruning import ChannelGates
 

@@ -1,13 +1,14 @@
 """Interpretation-steered pruning (ISP, ECCV 2022): prune so that the model still explains like the original.
 
-Stages (see ``/work/shared/methods/interpretation.md``):
+Stages (the project's method spec, shared/methods/interpretation.md):
 
 - ``prepare`` (cached by the core, shared by every trial and every later search on the same base
   model): the explainer (predictor + RBF selector, ``explainer.py``), the pruning pairs (a seeded subset
   of ``pair_fraction`` of the training images, at least ``min_pairs``, with the original model's raw RBF
   parameters, activated centre/width, and labels), the explainer's agreement numbers, and which channel
   group carries each tap (``tap_groups.py``) so that pruned models can be explained.
-- :func:`explanation_agreement` explains any pruned copy of the base model whose keep masks are known
+- ``pruned_explanations.explanation_agreement`` explains any pruned copy of the base model whose keep
+  masks are known
   (e.g. a magnitude trial's ``spec["keep"]``) and returns its mean mask IoU with the original.
 - ``run`` (one trial): the gate search (``gate_search.py``), extraction with budget repair and the
   masked == sliced check (``extraction.py``), fine-tuning with the task's own training for
@@ -30,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
 from automl_prune.pruning import GatedFlops, analyze, kept_indices
 from automl_prune.space import builtin_space_path, load_space
 from automl_prune_interpretation.extraction import choose, repair_to_budget, slice_checked
 from automl_prune_interpretation.gate_search import Pairs, freeze, search_gates
-from automl_prune_interpretation.tap_groups import TapGroup, kept_positions, scatter_channels, tap_groups
+from automl_prune_interpretation.pruned_explanations import IOU_THRESHOLD, PrunedExplainer, mean_mask_iou
+from automl_prune_interpretation.tap_groups import groups_from_artifacts, groups_to_artifacts, tap_groups
 
 PREPARE_KEYS = (
     "kind",
@@ -53,7 +54,6 @@ PREPARE_KEYS = (
 SELECT_LAST = 3  # extraction chooses among the architectures after each of the last epochs
 PROBE_IMAGES = 16  # validation images used to find which group carries each tap
 FIGURE_IMAGES = 8
-IOU_THRESHOLD = 0.5
 
 
 def _pair_indices(n: int, fraction: float, minimum: int, seed: int) -> torch.Tensor:
@@ -69,112 +69,6 @@ def _stack(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def _first_batch(context: Context, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = next(iter(context.loader(split, batch_size=n)))
     return x.to(context.device), y.to(context.device)
-
-
-def _groups_to_artifacts(groups: dict[str, TapGroup | None]) -> dict[str, Any]:
-    return {
-        t: ({"key": g.key, "channels": torch.tensor(g.channels)} if g is not None else {"key": ""})
-        for t, g in groups.items()
-    }
-
-
-def _groups_from_artifacts(stored: dict[str, Any]) -> dict[str, TapGroup | None]:
-    return {
-        t: TapGroup(t, g["key"], tuple(int(c) for c in g["channels"])) if g["key"] else None
-        for t, g in stored.items()
-    }
-
-
-class PrunedExplainer:
-    """Explains a pruned copy of the base model with the original's selector.
-
-    The pruned model's tap features are scattered back into zeros at the channels its keep masks kept
-    (``tap_groups.kept_positions``), which is what the masked original computes there, so the selector's
-    decoder sees the channel layout it was trained on. ``keep`` may be boolean masks or a pruned model's
-    ``spec["keep"]`` index lists (this is how magnitude baselines are explained too).
-    """
-
-    def __init__(self, explainer: Any, groups: dict[str, TapGroup | None], analysis: Any, keep: Any) -> None:
-        self.explainer = explainer
-        self.positions = kept_positions(groups, keep, analysis)
-        self.channels = list(explainer.selector.init_args["tap_channels"])
-
-    def outputs(
-        self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        from automl_prune_interpretation.taps import Taps
-
-        names = list(self.explainer.taps)
-        with Taps(model, names) as taps:
-            logits = model(x)
-        features = [
-            scatter_channels(f, self.positions[n], c)
-            for n, f, c in zip(names, taps.outputs, self.channels, strict=True)
-        ]
-        missing = [n for n, f, c in zip(names, features, self.channels, strict=True) if f.shape[1] != c]
-        if missing:
-            raise ValueError(f"taps {missing} of the pruned model are not carried by a gated channel group")
-        return self.explainer.selector(features, labels), logits
-
-    @torch.no_grad()
-    def masks(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            raw, _ = self.outputs(model, x, labels)
-        finally:
-            model.train(was_training)
-        return self.explainer.selector.masks(raw, tuple(self.explainer.image_size))
-
-
-@torch.no_grad()
-def mean_mask_iou(
-    explainer: Any,
-    original: nn.Module,
-    pruned_explainer: PrunedExplainer,
-    pruned: nn.Module,
-    loader: Any,
-    device: torch.device,
-) -> float:
-    """Mean IoU (masks thresholded at 0.5) of the original's and the pruned model's explanations of the
-    same decision: the class the original predicts (what the selector was trained to explain)."""
-    from automl_prune_interpretation.explainer import mask_iou
-
-    total, count = 0.0, 0
-    original.eval()
-    for x, _ in loader:
-        x = x.to(device)
-        explained = original(x).argmax(dim=1)
-        a = explainer.masks(original, x, explained)
-        b = pruned_explainer.masks(pruned, x, explained)
-        iou = mask_iou(a, b, threshold=IOU_THRESHOLD)
-        total += float(iou.sum())
-        count += len(iou)
-    return total / max(1, count)
-
-
-def explanation_agreement(
-    context: Context, artifacts: dict[str, Any], pruned: nn.Module, keep: Any, split: str = "val"
-) -> float:
-    """Mean mask IoU on ``split`` between the original model's explanations and those of ``pruned``, a
-    sliced copy of ``context.model`` whose keep masks are ``keep`` (boolean masks, or a pruned model's
-    ``spec["keep"]`` index lists, as the magnitude baseline stores them). ``artifacts`` are this
-    strategy's prepared artifacts for the same base model."""
-    from automl_prune_interpretation.explainer import load_explainer
-
-    explainer = load_explainer(artifacts["explainer"], context.model)
-    analysis = analyze(copy.deepcopy(context.model).eval(), context.example_input(1))
-    pruned_explainer = PrunedExplainer(
-        explainer, _groups_from_artifacts(artifacts["tap_groups"]), analysis, keep
-    )
-    return mean_mask_iou(
-        explainer,
-        context.model.eval(),
-        pruned_explainer,
-        pruned.eval(),
-        context.loader(split),
-        context.device,
-    )
 
 
 class InterpretationStrategy(Strategy):
@@ -257,7 +151,7 @@ class InterpretationStrategy(Strategy):
             "explainer": explainer_state(explainer),
             "pairs": pairs,
             "agreement": {k: float(v) for k, v in agree.items()},
-            "tap_groups": _groups_to_artifacts(groups),
+            "tap_groups": groups_to_artifacts(groups),
         }
 
     def _artifacts_for(
@@ -332,7 +226,7 @@ class InterpretationStrategy(Strategy):
         for p in pruned.parameters():
             p.requires_grad_(True)
 
-        groups = _groups_from_artifacts(artifacts["tap_groups"])
+        groups = groups_from_artifacts(artifacts["tap_groups"])
         pruned_explainer = PrunedExplainer(explainer, groups, analysis, keep)
         original = context.model.eval()
         iou_before = mean_mask_iou(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,3 +161,17 @@ def scatter_channels(features: torch.Tensor, positions: torch.Tensor | None, cha
         )
     full = features.new_zeros(features.shape[0], channels, *features.shape[2:])
     return full.index_copy(1, positions.to(features.device), features)
+
+
+def groups_to_artifacts(groups: dict[str, TapGroup | None]) -> dict[str, Any]:
+    return {
+        t: ({"key": g.key, "channels": torch.tensor(g.channels)} if g is not None else {"key": ""})
+        for t, g in groups.items()
+    }
+
+
+def groups_from_artifacts(stored: dict[str, Any]) -> dict[str, TapGroup | None]:
+    return {
+        t: TapGroup(t, g["key"], tuple(int(c) for c in g["channels"])) if g["key"] else None
+        for t, g in stored.items()
+    }
