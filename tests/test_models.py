@@ -43,6 +43,7 @@ def test_zoo_names_and_tasks() -> None:
         "resnet50",
         "mobilenet_v2",
         "mobilenet_v3_small",
+        "plain-cnn",
     }
     assert expected <= set(CLASSIFIERS)
     assert models.entry("unet").meta["task"] == "image-translation"

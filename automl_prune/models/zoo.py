@@ -21,6 +21,7 @@ from automl_prune.data.base import DataInfo
 from automl_prune.errors import ModelError
 from automl_prune.hookspecs import hookimpl
 from automl_prune.models.cifar_resnet import resnet20, resnet56
+from automl_prune.models.plain_cnn import PlainCNN
 from automl_prune.models.unet import SmallUNet
 
 TORCHVISION_CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small")
@@ -60,8 +61,8 @@ def torchvision_classifier(arch: str, info: DataInfo, **kwargs: Any) -> nn.Modul
     return model
 
 
-def cifar_classifier(builder: Callable[..., nn.Module], info: DataInfo, **kwargs: Any) -> nn.Module:
-    """A CIFAR ResNet (3x3 stride-1 stem, for small images) with ``info``'s classes and channels."""
+def small_image_classifier(builder: Callable[..., nn.Module], info: DataInfo, **kwargs: Any) -> nn.Module:
+    """A small-image classifier (CIFAR ResNet, plain CNN) with ``info``'s classes and channels."""
     return builder(num_classes=_num_classes(info), in_channels=info.in_channels, **kwargs)
 
 
@@ -76,10 +77,16 @@ def register_models(register: Any) -> None:
     for name, builder, depth in (("resnet20", resnet20, 20), ("resnet56", resnet56, 56)):
         register(
             name,
-            partial(cifar_classifier, builder),
+            partial(small_image_classifier, builder),
             task="classification",
             description=f"CIFAR ResNet-{depth} (He et al. 2016), widths w/2w/4w (width=16)",
         )
+    register(
+        "plain-cnn",
+        partial(small_image_classifier, PlainCNN),
+        task="classification",
+        description="plain VGG-style CNN: 3 stages of 2 conv-BN-ReLU (widths 16/32/64), max-pool between",
+    )
     for arch in TORCHVISION_CLASSIFIERS:
         register(
             arch,

@@ -5,9 +5,11 @@ normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoi
 ``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates;
 ``log_hinge``/``log_abs`` turn it into a budget loss; ``keep_for_target`` picks channels by importance
 under a FLOPs target; ``slice_model`` removes channels physically;
+``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``save_pruned``/``load_pruned`` store pruned models without pickle; ``export_*`` write TorchScript/ONNX.
 """
 
+from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.flops_model import GatedFlops
 from automl_prune.pruning.gates import ChannelGates
@@ -39,6 +41,7 @@ __all__ = [
     "log_abs",
     "log_hinge",
     "read_spec",
+    "recalibrate_batchnorm",
     "save_pruned",
     "slice_model",
     "uniform_keep",

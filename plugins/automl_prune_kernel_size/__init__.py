@@ -1,0 +1,150 @@
+"""Kernel-size NAS (EffConv, AAAI 2023): learn every conv layer's kernel size under a budget.
+
+A re-implementation from the paper's description (the authors published no code), following the
+project's method spec (shared/methods/kernel_size.md). One trial:
+
+1. ``SearchableCNN`` (``predictor.py``): the base model with its searchable convs (``convert.py``)
+   replaced by K_max-wide convs whose support is a differentiable separable mask of a soft size
+   (``layers.py``); sizes from a GRU size predictor, weights from a kernel predictor (base weights +
+   size-conditioned ring gains).
+2. ``search_sizes`` (``search.py``): ``search_epochs`` of joint training, cross-entropy plus a budget
+   loss on the soft parameter or FLOPs count (``cost.py``, exact against fvcore at integer sizes);
+   the rounded sizes are repaired to the budget.
+3. The plain CNN at those sizes (BatchNorm statistics re-estimated for it), from the centre-cropped
+   predicted weights (``final_init=cropped``, which computes exactly what the searchable network
+   computed) or re-initialised (``final_init=scratch``), trained for ``finetune_epochs`` with the
+   task's own recipe.
+
+The sizes go into the saved spec (``kernel_sizes``) and a per-layer figure (``figures.py``). The
+search starts from the trained base model (``search_init=base``) or from a fresh initialisation of
+its architecture (``search_init=scratch``, as in the paper, where search and training start from
+nothing).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.errors import BudgetError
+from automl_prune.pruning import recalibrate_batchnorm
+from automl_prune.space import builtin_space_path
+from automl_prune_kernel_size.convert import kernel_sizes, reinitialise, searchable_layers
+from automl_prune_kernel_size.cost import KernelCost
+from automl_prune_kernel_size.figures import save_kernel_size_figure
+from automl_prune_kernel_size.predictor import SearchableCNN
+from automl_prune_kernel_size.search import search_sizes
+
+
+class KernelSizeStrategy(Strategy):
+    name = "kernel-size"
+    tasks = ("classification",)
+    space = builtin_space_path("kernel_size")
+    description = (
+        "EffConv: per-layer kernel sizes learned with a GRU size predictor and soft masks under a "
+        "params/FLOPs budget; the built CNN is trained from cropped weights or from scratch"
+    )
+
+    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
+        model = copy.deepcopy(context.model)
+        return float(
+            KernelCost.measure(model, searchable_layers(model), context.example_input(1)).smallest("flops")
+        )
+
+    def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
+        base = copy.deepcopy(context.model).to(context.device)
+        if params["search_init"] == "scratch":
+            reinitialise(base, context.seed)
+        example = context.example_input(1)
+        layers = searchable_layers(base)
+        cost = KernelCost.measure(base, layers, example)
+        base_sizes = kernel_sizes(base, layers)
+        kind = str(params["budget_kind"])
+        ratio = float(params["target_ratio"])
+        target = ratio * cost.exact(base_sizes, kind)
+        if cost.smallest(kind) > target:
+            least = cost.smallest(kind) / cost.exact(base_sizes, kind)
+            raise BudgetError(
+                f"a {kind} target of {ratio:g} of the base model is below the {least:.3f} that kernel sizes "
+                "reach with every searchable conv at 1x1",
+                f"use target_ratio >= {least:.3f} (--set target_ratio=...), or a channel-pruning strategy",
+            )
+        k_max = int(params["k_max"])
+        with torch.random.fork_rng():
+            torch.manual_seed(context.seed)
+            searchable = SearchableCNN(
+                base,
+                k_max=k_max,
+                sharpness=float(params["sharpness"]),
+                modulation=bool(params["modulation"]),
+            )
+            result = search_sizes(
+                searchable,
+                cost,
+                context.loader("train", shuffle=True),
+                target=target,
+                kind=kind,
+                epochs=int(params["search_epochs"]),
+                lr=float(params["search_lr"]),
+                size_lr=float(params["size_lr"]),
+                budget_weight=float(params["budget_weight"]),
+                budget_loss=str(params["budget_loss"]),
+                device=context.device,
+                progress=context.progress,
+            )
+        built = recalibrate_batchnorm(
+            searchable.build(), context.loader("train", shuffle=True), context.device
+        )
+        metric = context.task.quality_metric
+        searched_quality = context.evaluate(built)[metric]
+        if params["final_init"] == "scratch":
+            reinitialise(built, context.seed)
+        context.finetune(built, epochs=int(params["finetune_epochs"]), lr=float(params["lr"]))
+        quality, metrics = context.scores(built)
+        figure = save_kernel_size_figure(
+            Path(context.run_dir) / "figures" / f"kernel_sizes_{uuid.uuid4().hex[:12]}.png",
+            result.sizes,
+            result.soft,
+            base_sizes,
+            k_max=k_max,
+            title=f"kernel sizes at {ratio:.2f} of the base {kind} (K_max {k_max})",
+        )
+        last = result.history[-1] if result.history else {}
+        return Candidate(
+            model=built,
+            quality=quality,
+            target_flops=target if kind == "flops" else None,
+            metrics={
+                **metrics,
+                f"val_{metric}_after_search": searched_quality,
+                "search_seconds": result.seconds,
+                "search_ce_first": result.history[0]["ce"] if result.history else float("nan"),
+                "search_ce_last": last.get("ce", float("nan")),
+                "search_ratio_last": last.get("ratio", float("nan")),
+                "predicted_params": float(cost.exact(result.sizes, "params")),
+                "predicted_flops": float(cost.exact(result.sizes, "flops")),
+                "mean_kernel_size": sum(result.sizes.values()) / len(result.sizes),
+            },
+            spec={
+                "kernel_sizes": result.sizes,
+                "kernel_size_search": {
+                    "k_max": k_max,
+                    "budget_kind": kind,
+                    "target": target,
+                    "base_sizes": base_sizes,
+                    "soft_sizes": result.soft,
+                    "rounded_sizes": result.rounded,
+                },
+            },
+            figures=[figure],
+        )
+
+
+@hookimpl
+def register_strategies(register: Any) -> None:
+    register(KernelSizeStrategy)
