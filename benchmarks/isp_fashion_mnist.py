@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 from automl_prune_interpretation.pruned_explanations import explanation_agreement
+from summary import summary_table
 
 from automl_prune.flops import count_flops, count_params
 from automl_prune.latency import measure_latency_ms
@@ -121,17 +121,9 @@ def main() -> None:
         f"base {args.base_epochs} ep, fine-tune {args.finetune_epochs} ep, seeds {args.seeds}, "
         f"threads {args.threads}, torch {torch.__version__}"
     )
-    print("| budget | method | " + " | ".join(METRICS) + " |")
-    print("|---|---|" + "---|" * len(METRICS))
-    for budget in sorted({r["budget"] for r in rows}, reverse=True):
-        for method in args.methods.split(","):
-            group = [r for r in rows if r["budget"] == budget and r["method"] == method]
-            cells = []
-            for m in METRICS:
-                values = [r[m] for r in group]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.4g} ± {std:.2g}")
-            print(f"| {budget:g} | {method} | " + " | ".join(cells) + " |")
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    order = [(b, m) for b in budgets for m in args.methods.split(",")]
+    print(summary_table(rows, ("budget", "method"), order, METRICS))
     print(f"wrote {args.out}")
 
 

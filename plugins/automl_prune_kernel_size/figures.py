@@ -32,7 +32,7 @@ def save_kernel_size_figure(
     ax.scatter(x, [base[n] for n in names], color="k", marker="_", s=120, zorder=3, label="base model")
     ax.set_xticks(list(x), names, rotation=70, ha="right", fontsize=6)
     ax.set_yticks(range(1, k_max + 1, 2))
-    ax.set_ylim(0, k_max + 0.7)
+    ax.set_ylim(0, k_max + 2)
     ax.set_ylabel("kernel size")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper right", ncols=3)

@@ -1,0 +1,30 @@
+"""Mean ± std tables over seeds, printed by every benchmark script in the same Markdown shape."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def mean_std(values: Sequence[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4g} ± {std:.2g}"
+
+
+def summary_table(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    order: Iterable[tuple[Any, ...]],
+    metrics: Sequence[str],
+) -> str:
+    """One line per group of ``rows`` sharing the ``keys`` values in ``order``: mean ± std of ``metrics``."""
+    lines = ["| " + " | ".join([*keys, *metrics]) + " |", "|" + "---|" * (len(keys) + len(metrics))]
+    for values in order:
+        group = [r for r in rows if tuple(r[k] for k in keys) == tuple(values)]
+        if group:
+            labels = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+            lines.append(
+                "| " + " | ".join([*labels, *(mean_std([r[m] for r in group]) for m in metrics)]) + " |"
+            )
+    return "\n".join(lines)
