@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 
 def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` (sample std), or "-" when a value is missing (NaN)."""
+    if any(math.isnan(v) for v in values):
+        return "-"
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4g} ± {std:.2g}"
 
