@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def png_bytes(fig: Any, dpi: float | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (``dpi`` None: the figure's own), then closed, so figures made
+    trial after trial do not pile up."""
+    import matplotlib.pyplot as plt
+
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

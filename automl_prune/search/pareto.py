@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from automl_prune.io import atomic_write_bytes, atomic_write_text
+from automl_prune.io import atomic_write_bytes, atomic_write_text, png_bytes
 from automl_prune.search.records import SearchInfo, TrialRecord
 
 
@@ -156,10 +156,7 @@ def plot_front(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def write_front(

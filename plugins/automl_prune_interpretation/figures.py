@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from automl_prune.io import atomic_write_bytes, png_bytes
+
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:
     """[C, H, W] (standardised) -> [H, W] or [H, W, 3] in [0, 1], min-max scaled per image."""
@@ -56,10 +58,4 @@ def save_mask_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, png_bytes(fig, dpi=100))

@@ -66,9 +66,10 @@ class KernelSizeStrategy(Strategy):
         base_sizes = kernel_sizes(base, layers)
         kind = str(params["budget_kind"])
         ratio = float(params["target_ratio"])
-        target = ratio * cost.exact(base_sizes, kind)
-        if cost.smallest(kind) > target:
-            least = cost.smallest(kind) / cost.exact(base_sizes, kind)
+        full, smallest = cost.exact(base_sizes, kind), cost.smallest(kind)
+        target = ratio * full
+        if smallest > target:
+            least = smallest / full
             raise BudgetError(
                 f"a {kind} target of {ratio:g} of the base model is below the {least:.3f} that kernel sizes "
                 "reach with every searchable conv at 1x1",

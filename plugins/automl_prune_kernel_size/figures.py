@@ -3,10 +3,9 @@ size and the base model's size, one bar per layer in forward order."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from automl_prune.io import atomic_write_bytes
+from automl_prune.io import atomic_write_bytes, png_bytes
 
 
 def save_kernel_size_figure(
@@ -39,7 +38,4 @@ def save_kernel_size_figure(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, png_bytes(fig, dpi=110))
