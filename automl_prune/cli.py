@@ -39,6 +39,13 @@ ModelArgOpt = Annotated[
 ]
 DataArgOpt = Annotated[list[str] | None, typer.Option("--data-arg", help="Dataset option key=value.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (CI).")]
+BaseEpochsOpt = Annotated[
+    int | None, typer.Option(help="Epochs to train the base model when no --weights (default: the task's).")
+]
+BaseLrOpt = Annotated[float | None, typer.Option(help="Its learning rate (default: the task's).")]
+BatchOpt = Annotated[
+    int | None, typer.Option(help="Batch size of training, fine-tuning and evaluation (default: the task's).")
+]
 
 
 @app.command()
@@ -101,9 +108,9 @@ def search(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
     seed: int = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    base_epochs: Annotated[int, typer.Option(help="Epochs to train the base model when no --weights.")] = 10,
-    base_lr: float = 0.05,
-    batch_size: int = 64,
+    base_epochs: BaseEpochsOpt = None,
+    base_lr: BaseLrOpt = None,
+    batch_size: BatchOpt = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking server (default: SQLite in the run directory).")
     ] = None,
@@ -163,9 +170,9 @@ def prune(
     set: SetOpt = None,
     seed: int = 0,
     device: str = "cpu",
-    base_epochs: int = 10,
-    base_lr: float = 0.05,
-    batch_size: int = 64,
+    base_epochs: BaseEpochsOpt = None,
+    base_lr: BaseLrOpt = None,
+    batch_size: BatchOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """One run with the space's defaults (and --set values): no search."""

@@ -75,8 +75,12 @@ def _describe(output: object) -> str:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (all of them, trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters (trainable or not) of what inference runs.
+
+    A model that carries training-only parts (a GAN's discriminator) names the part its forward runs in
+    an ``inference_module`` attribute; only that part is counted, as only its FLOPs are.
+    """
+    return sum(p.numel() for p in getattr(model, "inference_module", model).parameters())
 
 
 _ABSOLUTE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKmMgG])(?:flops|FLOPs|FLOPS)?\s*$")

@@ -13,14 +13,13 @@ import torch
 import yaml
 from automl_prune_interpretation import InterpretationStrategy
 from automl_prune_interpretation.explainer import load_explainer
-from automl_prune_interpretation.extraction import masked_outputs, repair_to_budget
 from automl_prune_interpretation.gate_search import Pairs, search_gates
 from automl_prune_interpretation.pruned_explanations import PrunedExplainer, explanation_agreement
 from automl_prune_interpretation.tap_groups import groups_from_artifacts
 
 from automl_prune import Candidate
 from automl_prune.flops import count_flops
-from automl_prune.pruning import GatedFlops, analyze, slice_model
+from automl_prune.pruning import GatedFlops, analyze, masked_outputs, repair_to_budget, slice_model
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
 from automl_prune.search.setup import Prepared

@@ -110,27 +110,34 @@ def _dataset_of(split: Dataset) -> ImageFolder:
 
 
 class PairedImages(Dataset):
-    """``(a, b)`` tensor pairs from ``folder/A`` and ``folder/B``, matched by file name."""
+    """``(a, b)`` tensor pairs from the folders ``a_dir`` and ``b_dir``, matched by file name."""
 
-    def __init__(self, folder: Path, transform_a: Callable, transform_b: Callable) -> None:
-        a_dir, b_dir = folder / "A", folder / "B"
-        if not (a_dir.is_dir() and b_dir.is_dir()):
-            raise DataError(
-                f"{folder} has no A/ and B/ subfolders", "put inputs in PATH/A, targets in PATH/B"
-            )
+    def __init__(self, a_dir: Path, b_dir: Path, transform_a: Callable, transform_b: Callable) -> None:
         a_names = {p.relative_to(a_dir) for p in _images(a_dir)}
         b_names = {p.relative_to(b_dir) for p in _images(b_dir)}
         unmatched = sorted(a_names ^ b_names)
         if unmatched:
             shown = ", ".join(str(p) for p in unmatched[:5])
             raise DataError(
-                f"{len(unmatched)} images in {folder} have no partner in A/ or B/ (e.g. {shown})",
-                "give every input in A/ a target in B/ under the same file name",
+                f"{len(unmatched)} images in {a_dir.parent} have no partner in {a_dir.name}/ or "
+                f"{b_dir.name}/ (e.g. {shown})",
+                f"give every input in {a_dir.name}/ a target in {b_dir.name}/ under the same file name",
             )
         if not a_names:
-            raise DataError(f"no images in {a_dir}", "put the paired images in A/ and B/")
+            raise DataError(
+                f"no images in {a_dir}", f"put the paired images in {a_dir.name}/ and {b_dir.name}/"
+            )
         self.pairs = [(a_dir / name, b_dir / name) for name in sorted(a_names)]
         self.transform_a, self.transform_b = transform_a, transform_b
+
+    @classmethod
+    def from_folder(cls, folder: Path, transform_a: Callable, transform_b: Callable) -> PairedImages:
+        """Pairs from ``folder/A`` (inputs) and ``folder/B`` (targets)."""
+        if not ((folder / "A").is_dir() and (folder / "B").is_dir()):
+            raise DataError(
+                f"{folder} has no A/ and B/ subfolders", "put inputs in PATH/A, targets in PATH/B"
+            )
+        return cls(folder / "A", folder / "B", transform_a, transform_b)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -155,7 +162,7 @@ def paired_folder(
     image_size = image_size_of(_first_image(root), size)
     transform_a, transform_b = file_transform(image_size, channels), file_transform(image_size, out_channels)
     train, val, test = layout_splits(
-        root, lambda folder: PairedImages(folder, transform_a, transform_b), lambda _: None, seed
+        root, lambda folder: PairedImages.from_folder(folder, transform_a, transform_b), lambda _: None, seed
     )
     info = DataInfo(
         name=f"paired:{root}",

@@ -5,12 +5,20 @@ normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoi
 ``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates;
 ``log_hinge``/``log_abs`` turn it into a budget loss; ``keep_for_target`` picks channels by importance
 under a FLOPs target; ``slice_model`` removes channels physically;
+``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model;
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``save_pruned``/``load_pruned`` store pruned models without pickle; ``export_*`` write TorchScript/ONNX.
 """
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.export import export_onnx, export_torchscript
+from automl_prune.pruning.extraction import (
+    SliceMismatchError,
+    choose,
+    masked_outputs,
+    repair_to_budget,
+    slice_checked,
+)
 from automl_prune.pruning.flops_model import GatedFlops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.generator import ArchitectureGenerator
@@ -28,7 +36,9 @@ __all__ = [
     "DependencyAnalysis",
     "GatedFlops",
     "Member",
+    "SliceMismatchError",
     "analyze",
+    "choose",
     "deterministic_gates",
     "export_onnx",
     "export_torchscript",
@@ -40,9 +50,12 @@ __all__ = [
     "load_pruned",
     "log_abs",
     "log_hinge",
+    "masked_outputs",
     "read_spec",
     "recalibrate_batchnorm",
+    "repair_to_budget",
     "save_pruned",
+    "slice_checked",
     "slice_model",
     "uniform_keep",
 ]

@@ -33,9 +33,9 @@ class SearchConfig:
     address: str | None = None
     seed: int = 0
     device: str = "cpu"
-    base_epochs: int = 10
-    base_lr: float = 0.05
-    batch_size: int = 64
+    base_epochs: int | None = None  # None: the task's own recipe (Task.base_epochs / base_lr)
+    base_lr: float | None = None
+    batch_size: int | None = None
     tracking_uri: str | None = None
     registered_model: str | None = None
     compare: list[str] = field(default_factory=list)

@@ -126,14 +126,15 @@ def prepare_search(plan: Plan) -> Prepared:
     config = plan.config
     device = resolve_device(config.device)
     progress = Progress(quiet=config.quiet)
+    batch_size = plan.task.batch_size if config.batch_size is None else config.batch_size
     model = get_base_model(
         plan.model_ref,
         plan.data,
         plan.task,
         weights=config.weights,
-        epochs=config.base_epochs,
-        lr=config.base_lr,
-        batch_size=config.batch_size,
+        epochs=plan.task.base_epochs if config.base_epochs is None else config.base_epochs,
+        lr=plan.task.base_lr if config.base_lr is None else config.base_lr,
+        batch_size=batch_size,
         seed=config.seed,
         device=device,
         progress=progress,
@@ -150,7 +151,7 @@ def prepare_search(plan: Plan) -> Prepared:
         progress=progress,
         base_flops=plan.base_flops,
         max_flops=plan.max_flops,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
     )
     artifacts = cached_prepare(plan.strategy, context)
     reachable = plan.strategy.min_flops(context, artifacts)

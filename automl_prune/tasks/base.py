@@ -17,10 +17,15 @@ from automl_prune.progress import Progress
 
 @runtime_checkable
 class Task(Protocol):
-    """A kind of model: its quality metric (always maximised), training and evaluation."""
+    """A kind of model: its quality metric (always maximised), training, evaluation, and the epochs and
+    learning rate that train a base model and its default batch size (``--base-epochs``, ``--base-lr`` and
+    ``--batch-size`` override them)."""
 
     name: str
     quality_metric: str
+    base_epochs: int  # the recipe a base model is trained with when the user gives no weights
+    base_lr: float
+    batch_size: int  # default batch of training, fine-tuning and evaluation
 
     def train(
         self,

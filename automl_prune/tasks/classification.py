@@ -43,6 +43,9 @@ class ClassificationTask:
 
     name: str = "classification"
     quality_metric: str = "accuracy"
+    base_epochs: int = 10
+    base_lr: float = 0.05
+    batch_size: int = 64
     momentum: float = 0.9
     weight_decay: float = 5e-4
     temperature: float = 4.0

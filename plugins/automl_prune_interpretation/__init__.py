@@ -11,7 +11,7 @@ Stages (the project's method spec, shared/methods/interpretation.md):
   masks are known
   (e.g. a magnitude trial's ``spec["keep"]``) and returns its mean mask IoU with the original.
 - ``run`` (one trial): the gate search (``gate_search.py``), extraction with budget repair and the
-  masked == sliced check (``extraction.py``), fine-tuning with the task's own training for
+  masked == sliced check (``automl_prune.pruning.extraction``), fine-tuning with the task's own training for
   ``finetune_epochs`` (the magnitude baseline's budget), and the explanation agreement of the pruned
   model with the original (mean IoU of masks thresholded at 0.5 on the validation split), plus a figure.
 
@@ -33,9 +33,8 @@ from typing import Any
 import torch
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.pruning import GatedFlops, analyze, kept_indices
+from automl_prune.pruning import GatedFlops, analyze, choose, kept_indices, repair_to_budget, slice_checked
 from automl_prune.space import builtin_space_path, load_space
-from automl_prune_interpretation.extraction import choose, repair_to_budget, slice_checked
 from automl_prune_interpretation.gate_search import Pairs, freeze, search_gates
 from automl_prune_interpretation.pruned_explanations import IOU_THRESHOLD, PrunedExplainer, mean_mask_iou
 from automl_prune_interpretation.tap_groups import groups_from_artifacts, groups_to_artifacts, tap_groups

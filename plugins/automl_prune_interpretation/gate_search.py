@@ -13,7 +13,7 @@ where the explanation is the RBF selector's raw parameters (p_x, p_y, p_s), or t
 logits for the pixel-selector ablation, and F is :class:`~automl_prune.pruning.GatedFlops` (exact
 against fvcore for 0/1 gates). Only the generator is trained (AdamW); the classifier, its BatchNorm
 statistics, and the explainer are frozen. Every epoch ends by recording the generator's current logits,
-the raw material of the extraction (stage 6, ``extraction.py``).
+the raw material of the extraction (stage 6, ``automl_prune.pruning.extraction``).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Stage 6 of ISP: read a discrete architecture off the generator, meet the budget, slice, check.
+"""Read a discrete architecture off an architecture generator, meet the budget, slice, check.
 
-Budget repair. The generator is trained with a one-sided hinge on *sampled* gates, so its noise-free
-architecture 1[z + b >= 0] lands near the target but rarely on it: a little above (the hinge tolerates
-an overshoot of the noise's mean) or below. The target is a hard constraint of the search (fvcore's
-count of the sliced model), and compared methods must sit at equal FLOPs, so the architecture is
-repaired in the generator's own order of preference, on the exact FLOPs model ``GatedFlops``:
+Budget repair. A generator trained on *sampled* gates (with a hinge or |log| resource loss) lands near
+its target with its noise-free architecture 1[z + b >= 0], but rarely on it: a little above or below.
+The target is a hard constraint of the search (fvcore's count of the sliced model), and compared
+methods must sit at equal FLOPs, so the architecture is repaired in the generator's own order of
+preference, on the exact FLOPs model ``GatedFlops``:
 
 1. every group keeps at least its highest-logit unit (slicing never empties a group, and a closed
    group would make the masked model differ from the sliced one);
@@ -15,9 +15,9 @@ repaired in the generator's own order of preference, on the exact FLOPs model ``
    budget the trial asked for (it ends within about one cheap unit's cost of it).
 
 If the smallest architecture (one unit per group) exceeds the target, that is returned and the
-orchestrator records the trial as infeasible. Among the repaired architectures of the last few epochs,
-the one whose *masked* base model is most accurate on the validation split is chosen (never the test
-split); it is sliced physically and the slice is checked against the masked model on a validation batch.
+orchestrator records the trial as infeasible. ``choose`` picks among candidate architectures by the
+validation quality of the *masked* model (never the test split); ``slice_checked`` slices physically
+and checks the slice against the masked model on a batch.
 """
 
 from __future__ import annotations
@@ -27,14 +27,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from automl_prune.pruning import (
-    ChannelGates,
-    DependencyAnalysis,
-    GatedFlops,
-    deterministic_gates,
-    slice_model,
-)
-from automl_prune.pruning.gumbel import OFFSET
+from automl_prune.pruning.flops_model import GatedFlops
+from automl_prune.pruning.gates import ChannelGates
+from automl_prune.pruning.graph import DependencyAnalysis
+from automl_prune.pruning.gumbel import OFFSET, deterministic_gates
+from automl_prune.pruning.surgery import slice_model
 
 Keep = dict[str, torch.Tensor]
 
@@ -166,15 +163,3 @@ def slice_checked(
 
 def exact_flops_of(flops: GatedFlops) -> Callable[[Keep], float]:
     return lambda keep: float(flops({k: v.double() for k, v in keep.items()}))
-
-
-__all__ = [
-    "SliceMismatchError",
-    "choose",
-    "exact_flops_of",
-    "masked_outputs",
-    "masked_quality",
-    "repair_to_budget",
-    "slice_checked",
-    "unit_logits",
-]
