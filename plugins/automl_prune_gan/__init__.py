@@ -1,0 +1,304 @@
+"""Adversarial GAN pruning (AAAI 2024 design, methods/gan.md): prune a generator and its discriminator
+together so that the pruned generator keeps the original's local density structure.
+
+What the plugin registers, all through the same hooks a third party would use:
+
+- the ``image-translation`` task (``task.py``): GAN training with the model's own objective, PSNR as
+  quality, L1/SSIM beside it;
+- models ``pix2pix-unet``, ``pix2pix-resnet`` and ``cyclegan-resnet`` (``models.py``);
+- datasets ``photo-edges``, ``photo-colour``, ``photo-unpaired`` (scikit-image photos, offline) and
+  ``unpaired:PATH`` (``data.py``);
+- the strategy ``gan``.
+
+One trial: the agent phase (``agents.py``: genG and genD with peer feedback, the local-density
+discriminator on neighbourhood tuples from ``neighbours.py``), extraction (the agents' noise-free
+architectures repaired to the FLOPs target on the exact FLOPs model, G and D sliced and checked against
+their masked versions), fine-tuning of G and D with the task's own losses (the same budget every
+compared method gets), then metrics: PSNR/L1/SSIM on val and test, a Frechet distance on the base
+discriminator's trunk features (val and test), FID with the standard Inception network on the test
+split when ``fid_images`` > 0, D's real/fake accuracy over
+fine-tuning, and two figures (sample grid, G/D balance). The test-split FID reference (real features,
+base FID) is computed at the first trial of a process rather than in ``prepare``, since its image count
+is a trial parameter that ``prepare_key`` cannot see; Frechet distances use the exact SVD form.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.errors import ModelError
+from automl_prune.pruning import (
+    GatedFlops,
+    analyze,
+    kept_indices,
+    repair_to_budget,
+    slice_checked,
+)
+from automl_prune.space import builtin_space_path
+from automl_prune_gan.models import TranslationGAN
+
+GRID_IMAGES = 8
+D_TRUNK = "discriminator trunk of the base model (mean-pooled)"
+
+
+def _gan(model: nn.Module) -> TranslationGAN:
+    if not isinstance(model, TranslationGAN):
+        raise ModelError(
+            f"strategy 'gan' prunes a generator with its discriminator, got a {type(model).__name__}",
+            "use a GAN model: --model pix2pix-unet, pix2pix-resnet or cyclegan-resnet",
+        )
+    return model
+
+
+def _stack(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+
+
+def _discriminator_input(gan: TranslationGAN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, y], 1) if gan.objective == "pix2pix" else y
+
+
+@torch.no_grad()
+def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device: torch.device) -> float:
+    """Frechet distance of the base discriminator's trunk features, generated vs real, over ``dataset``."""
+    from automl_prune_gan.fid import frechet_distance
+
+    base_d = base.discriminator.to(device).eval()
+    fake, real = [], []
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=64):
+        x, y = x.to(device), y.to(device)
+        fake.append(base_d.trunk(_discriminator_input(base, x, model(x))).mean(dim=(2, 3)).cpu())
+        real.append(base_d.trunk(_discriminator_input(base, x, y)).mean(dim=(2, 3)).cpu())
+    return frechet_distance(torch.cat(fake), torch.cat(real), method="svd")
+
+
+class GANStrategy(Strategy):
+    name = "gan"
+    tasks = ("image-translation",)
+    space = builtin_space_path("gan")
+    version = "1"
+    description = (
+        "adversarial GAN pruning: two peer agents gate G and D, local-density adversarial loss on "
+        "neighbourhood tuples, then G/D fine-tuning with the GAN's own losses"
+    )
+
+    def __init__(self) -> None:
+        self._fid_reference: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def fid_reference(self, context: Context, n: int) -> dict[str, Any] | None:
+        """Inception features of the first ``n`` test targets and the base model's FID on them, computed
+        once per process and dataset (None without the Inception file: the trial then reports no FID)."""
+        from automl_prune_gan.fid import InceptionEncoder, InceptionUnavailableError, encode_in_batches, fid
+
+        key = (context.data.info.name, n)
+        if key not in self._fid_reference:
+            try:
+                encoder = InceptionEncoder(device=context.device)
+            except InceptionUnavailableError as exc:
+                context.progress.log(f"gan: no FID ({exc.problem})")
+                return None
+            x, y = _stack(context.data.test, n)
+            real = encode_in_batches(encoder, y)
+            with torch.no_grad():
+                fake = context.model.to(context.device).eval()(x.to(context.device)).cpu()
+            base = fid(encoder, fake, real, method="svd")
+            self._fid_reference[key] = {"encoder": encoder, "real": real, "base": base}
+        return self._fid_reference[key]
+
+    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
+        g = copy.deepcopy(_gan(context.model).generator)
+        example = context.example_input(1)
+        return float(GatedFlops(g, analyze(g, example), example).min_flops())
+
+    def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
+        from automl_prune_gan.agents import search_agents
+        from automl_prune_gan.neighbours import is_binary
+
+        base = _gan(context.model).eval()
+        device = context.device
+        example = context.example_input(1)
+        g = copy.deepcopy(base.generator).to(device).eval()
+        d = copy.deepcopy(base.discriminator).to(device).eval()
+        example_d = torch.zeros(1, d.first.in_channels, *example.shape[-2:], device=device)
+        analysis_g, analysis_d = analyze(g, example), analyze(d, example_d)
+        flops_g, flops_d = GatedFlops(g, analysis_g, example), GatedFlops(d, analysis_d, example_d)
+        ratio = float(params["target_flops_ratio"])
+        target = ratio * context.base_flops
+        x_val, y_val = _stack(context.data.val, context.batch_size)
+        x_val, y_val = x_val.to(device), y_val.to(device)
+        variant = str(params["variant"])
+        agents = search_agents(
+            g,
+            d,
+            analysis_g,
+            analysis_d,
+            flops_g,
+            flops_d,
+            context.loader("train", shuffle=True, batch_size=int(params["agent_batch_size"])),
+            conditional=base.objective == "pix2pix",
+            variant=variant,
+            target_ratio=ratio,
+            k=int(params["k"]),
+            l_out=float(params["l_out"]),
+            l_res=float(params["l_res"]),
+            agent_lr=float(params["agent_lr"]),
+            d_lr=float(params["lr"]),
+            epochs=int(params["agent_epochs"]),
+            binary_inputs=is_binary(x_val),
+            seed=context.seed,
+            device=device,
+            progress=context.progress,
+        )
+        keep_g = repair_to_budget(agents.logits_g, analysis_g, flops_g, target)
+        pruned_g = slice_checked(g, analysis_g, keep_g, example, x_val)
+        keep_d = None
+        pruned_d = copy.deepcopy(d)
+        if agents.logits_d is not None:
+            keep_d = repair_to_budget(agents.logits_d, analysis_d, flops_d, ratio * flops_d.full)
+            with torch.no_grad():
+                batch_d = _discriminator_input(base, x_val, g(x_val))
+            pruned_d = slice_checked(d, analysis_d, keep_d, example_d, batch_d)
+        pruned = TranslationGAN(
+            pruned_g, pruned_d, copy.deepcopy(base.reverse), copy.deepcopy(base.discriminator_a)
+        ).requires_grad_(True)
+        d_flops = (
+            flops_d.full if keep_d is None else float(flops_d({k: v.double() for k, v in keep_d.items()}))
+        )
+        context.finetune(
+            pruned,
+            epochs=int(params["finetune_epochs"]),
+            lr=float(params["lr"]),
+            distill=bool(params["distill"]),
+        )
+        pruned.eval()
+        quality, metrics = context.scores(pruned)
+        metrics |= self._extra_metrics(context, base, pruned, int(params["fid_images"]))
+        metrics["d_flops_ratio"] = d_flops / flops_d.full
+        for key, value in agents.history[-1].items() if agents.history else ():
+            metrics[f"agent_{key}"] = value
+        if pruned.history:
+            metrics |= {f"final_{k}": v for k, v in pruned.history[-1].items() if k.startswith("d_")}
+        figures = self._figures(context, base, pruned, x_val, y_val, variant)
+        spec = {
+            "keep_generator": kept_indices(keep_g),
+            "keep_discriminator": kept_indices(keep_d) if keep_d is not None else None,
+            "variant": variant,
+            "agent_history": agents.history,
+            "finetune_history": pruned.history,
+        }
+        return Candidate(
+            model=pruned, quality=quality, target_flops=target, metrics=metrics, spec=spec, figures=figures
+        )
+
+    def _extra_metrics(
+        self, context: Context, base: TranslationGAN, pruned: TranslationGAN, n_fid: int
+    ) -> dict[str, float]:
+        metrics = {
+            f"{split}_fd_disc": trunk_distance(base, pruned, getattr(context.data, split), context.device)
+            for split in ("val", "test")
+        }
+        reference = self.fid_reference(context, n_fid) if n_fid > 0 else None
+        if reference is not None:
+            from automl_prune_gan.fid import fid
+
+            x, _ = _stack(context.data.test, len(reference["real"]))
+            with torch.no_grad():
+                fake = pruned(x.to(context.device)).cpu()
+            metrics["test_fid"] = fid(reference["encoder"], fake, reference["real"], method="svd")
+            metrics["base_test_fid"] = reference["base"]
+        return metrics
+
+    def _figures(
+        self,
+        context: Context,
+        base: TranslationGAN,
+        pruned: TranslationGAN,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        variant: str,
+    ) -> list[Path]:
+        from automl_prune_gan.figures import save_balance_plot, save_sample_grid
+
+        x, y = x[:GRID_IMAGES], y[:GRID_IMAGES]
+        with torch.no_grad():
+            original, ours = base(x), pruned(x)
+        folder = Path(context.run_dir) / "figures"
+        tag = uuid.uuid4().hex[:12]
+        rows = [("input", x), ("original", original), ("pruned", ours), ("target", y)]
+        figures = [
+            save_sample_grid(folder / f"gan_samples_{tag}.png", rows, title=f"val samples ({variant})")
+        ]
+        if pruned.history:
+            figures.append(
+                save_balance_plot(
+                    folder / f"gan_balance_{tag}.png", {variant: pruned.history}, title="fine-tuning"
+                )
+            )
+        return figures
+
+
+@hookimpl
+def register_strategies(register: Any) -> None:
+    register(GANStrategy)
+
+
+@hookimpl
+def register_tasks(register: Any) -> None:
+    from automl_prune_gan.task import ImageTranslationTask
+
+    register(ImageTranslationTask())
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    from functools import partial
+
+    from automl_prune_gan.models import cyclegan, pix2pix
+
+    register(
+        "pix2pix-unet",
+        pix2pix,
+        task="image-translation",
+        description="Pix2Pix: U-Net generator (ngf=16, depth=4) + conditional PatchGAN (ndf=16)",
+    )
+    register(
+        "pix2pix-resnet",
+        partial(pix2pix, generator="resnet", norm="instance"),
+        task="image-translation",
+        description="Pix2Pix objective with a ResNet generator (ngf=16, 4 blocks) + conditional PatchGAN",
+    )
+    register(
+        "cyclegan-resnet",
+        cyclegan,
+        task="image-translation",
+        description="CycleGAN: ResNet generators A->B and B->A (ngf=16, 4 blocks) + a PatchGAN per domain",
+    )
+
+
+@hookimpl
+def register_datasets(register: Any) -> None:
+    from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired, unpaired_folder
+
+    for name, factory, description in (
+        ("photo-edges", photo_edges, "Canny edges -> colour patches of scikit-image's photos (offline)"),
+        ("photo-colour", photo_colour, "grey -> colour patches of scikit-image's photos (offline)"),
+        (
+            "photo-unpaired",
+            photo_unpaired,
+            "grey <-> colour, unpaired training halves of scikit-image's photos; paired val/test",
+        ),
+        (
+            "unpaired",
+            unpaired_folder,
+            "unpaired:PATH with trainA/ trainB/ and paired valA/ valB/ testA/ testB/",
+        ),
+    ):
+        register(name, factory, task="image-translation", description=description)
