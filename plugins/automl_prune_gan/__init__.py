@@ -180,7 +180,7 @@ class GANStrategy(Strategy):
         )
         pruned.eval()
         quality, metrics = context.scores(pruned)
-        metrics |= self._extra_metrics(context, base, pruned, int(params["fid_images"]))
+        metrics |= self.translation_metrics(context, base, pruned, int(params["fid_images"]))
         metrics["d_flops_ratio"] = d_flops / flops_d.full
         for key, value in agents.history[-1].items() if agents.history else ():
             metrics[f"agent_{key}"] = value
@@ -198,9 +198,11 @@ class GANStrategy(Strategy):
             model=pruned, quality=quality, target_flops=target, metrics=metrics, spec=spec, figures=figures
         )
 
-    def _extra_metrics(
+    def translation_metrics(
         self, context: Context, base: TranslationGAN, pruned: TranslationGAN, n_fid: int
     ) -> dict[str, float]:
+        """Frechet distances of ``pruned`` (any model with a generator forward) on the base discriminator's
+        trunk (val, test), and Inception FID on ``n_fid`` test images (0: none); baselines use it too."""
         metrics = {
             f"{split}_fd_disc": trunk_distance(base, pruned, getattr(context.data, split), context.device)
             for split in ("val", "test")
