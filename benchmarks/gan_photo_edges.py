@@ -165,6 +165,12 @@ def main() -> None:
 
     plot_balance(curves, args.out.with_name(args.out.stem + "_d_accuracy.png"))
     base = prepared["gan"].base
+    context = prepared["gan"].context
+    _, base_metrics = context.scores(context.model)
+    base_metrics |= prepared["gan"].plan.strategy.translation_metrics(
+        context, context.model, context.model, args.fid_images
+    )
+    print("base model:", {k: round(v, 4) for k, v in base_metrics.items() if k.startswith("test_")})
     print(
         f"base: val PSNR {base['quality']:.3f} dB, {base['flops'] / 1e6:.3f} MFLOPs (generator); base "
         f"{args.base_epochs} ep, fine-tune {args.finetune_epochs} ep, seeds {args.seeds}, threads "
