@@ -23,7 +23,6 @@ CSV and a plot (``gan`` vs ``l1-g-only``, mean over seeds).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 from dataclasses import replace
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 from automl_prune_gan.figures import save_balance_plot
-from summary import summary_table
+from summary import summary_table, write_csv
 
 from automl_prune.flops import count_flops
 from automl_prune.search.config import SearchConfig
@@ -99,14 +98,6 @@ def run(
         "d_fake_acc": history[-1]["d_fake_acc"],
         "history": history,
     }
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ baselines are explained through their stored keep masks, like ISP's own models).
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import torch
 from automl_prune_interpretation.pruned_explanations import explanation_agreement
-from summary import summary_table
+from summary import summary_table, write_csv
 
 from automl_prune.flops import count_flops, count_params
 from automl_prune.latency import measure_latency_ms
@@ -109,11 +108,7 @@ def main() -> None:
                 }
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
                 rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["budget", "method", "seed", *METRICS])
-        writer.writeheader()
-        writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    write_csv(args.out, rows, ["budget", "method", "seed", *METRICS])
 
     base = prepared["magnitude"].base
     print(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -32,3 +34,13 @@ def summary_table(
                 "| " + " | ".join([*labels, *(mean_std([r[m] for r in group]) for m in metrics)]) + " |"
             )
     return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
+    """``rows`` as CSV (floats to 5 significant digits), keeping only ``fields``; rewritten whole, so a
+    script can call it after every run and a crash loses nothing finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)

@@ -19,7 +19,7 @@ from automl_prune.pruning.extraction import (
     repair_to_budget,
     slice_checked,
 )
-from automl_prune.pruning.flops_model import GatedFlops
+from automl_prune.pruning.flops_model import GatedFlops, smallest_flops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.generator import ArchitectureGenerator
 from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member, analyze
@@ -57,5 +57,6 @@ __all__ = [
     "save_pruned",
     "slice_checked",
     "slice_model",
+    "smallest_flops",
     "uniform_keep",
 ]

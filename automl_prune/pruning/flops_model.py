@@ -16,6 +16,7 @@ silently wrong budget.
 
 from __future__ import annotations
 
+import copy
 import logging
 from itertools import accumulate
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from automl_prune.errors import ModelError
 from automl_prune.flops import count_flops
-from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis
+from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis, analyze
 from automl_prune.pruning.surgery import hard_keep, slice_model
 
 Input = torch.Tensor | tuple[torch.Tensor, ...]
@@ -150,6 +151,13 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.LayerNorm):
         return 1, module.normalized_shape[-1]
     return 1, module.num_features
+
+
+def smallest_flops(model: nn.Module, example_input: Input) -> int:
+    """fvcore FLOPs of ``model`` with every prunable group cut to one unit: the floor any channel-pruning
+    strategy reaches. A deep copy is traced, so ``model`` is left exactly as it was."""
+    model = copy.deepcopy(model)
+    return GatedFlops(model, analyze(model, example_input), example_input).min_flops()
 
 
 def _module_counts(model: nn.Module, example_input: Input) -> dict[str, int]:

@@ -40,7 +40,9 @@ from automl_prune.pruning import (
     kept_indices,
     repair_to_budget,
     slice_checked,
+    smallest_flops,
 )
+from automl_prune.pruning.extraction import exact_flops_of
 from automl_prune.space import builtin_space_path
 from automl_prune_gan.models import TranslationGAN
 
@@ -62,10 +64,6 @@ def _stack(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
 
 
-def _discriminator_input(gan: TranslationGAN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, y], 1) if gan.objective == "pix2pix" else y
-
-
 @torch.no_grad()
 def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device: torch.device) -> float:
     """Frechet distance of the base discriminator's trunk features, generated vs real, over ``dataset``."""
@@ -75,8 +73,8 @@ def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device:
     fake, real = [], []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size=64):
         x, y = x.to(device), y.to(device)
-        fake.append(base_d.trunk(_discriminator_input(base, x, model(x))).mean(dim=(2, 3)).cpu())
-        real.append(base_d.trunk(_discriminator_input(base, x, y)).mean(dim=(2, 3)).cpu())
+        fake.append(base_d.trunk(base.discriminator_input(x, model(x))).mean(dim=(2, 3)).cpu())
+        real.append(base_d.trunk(base.discriminator_input(x, y)).mean(dim=(2, 3)).cpu())
     return frechet_distance(torch.cat(fake), torch.cat(real), method="svd")
 
 
@@ -114,9 +112,7 @@ class GANStrategy(Strategy):
         return self._fid_reference[key]
 
     def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        g = copy.deepcopy(_gan(context.model).generator)
-        example = context.example_input(1)
-        return float(GatedFlops(g, analyze(g, example), example).min_flops())
+        return float(smallest_flops(_gan(context.model).generator, context.example_input(1)))
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
         from automl_prune_gan.agents import search_agents
@@ -164,14 +160,12 @@ class GANStrategy(Strategy):
         if agents.logits_d is not None:
             keep_d = repair_to_budget(agents.logits_d, analysis_d, flops_d, ratio * flops_d.full)
             with torch.no_grad():
-                batch_d = _discriminator_input(base, x_val, g(x_val))
+                batch_d = base.discriminator_input(x_val, g(x_val))
             pruned_d = slice_checked(d, analysis_d, keep_d, example_d, batch_d)
         pruned = TranslationGAN(
             pruned_g, pruned_d, copy.deepcopy(base.reverse), copy.deepcopy(base.discriminator_a)
         ).requires_grad_(True)
-        d_flops = (
-            flops_d.full if keep_d is None else float(flops_d({k: v.double() for k, v in keep_d.items()}))
-        )
+        d_flops = flops_d.full if keep_d is None else exact_flops_of(flops_d)(keep_d)
         context.finetune(
             pruned,
             epochs=int(params["finetune_epochs"]),

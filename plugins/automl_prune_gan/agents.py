@@ -16,9 +16,9 @@ No official code of the method was published; this follows the project's design 
   then genG's step on LSGAN(D(T^), 1) + l_out L1(G(x_c), G0(x_c)) + l_res |log(r_G / p)|, with D's
   ratio target p tied to G's. r is the exact FLOPs ratio of the hard gates (``GatedFlops``).
 
-Ablations (``variant``): ``no-d-agent`` keeps the density discriminator but never gates it (genG sees an
-all-open peer vector); ``distill-only`` drops the discriminator and the neighbourhoods (genG minimises
-only the output L1 and the resource loss).
+Ablations (``variant``): ``no-d-agent`` keeps the density discriminator but never gates it (genD gets no
+gradient, so genG sees its untrained, nearly all-open proposal); ``distill-only`` drops the discriminator
+and the neighbourhoods (genG minimises only the output L1 and the resource loss).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from automl_prune.pruning import (
 from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE
 from automl_prune_gan.models import PatchDiscriminator
 from automl_prune_gan.neighbours import neighbours, tuple_of
-from automl_prune_gan.task import BETAS, accuracy, lsgan
+from automl_prune_gan.task import BETAS, Meter, accuracy, lsgan
 
 VARIANTS = ("full", "no-d-agent", "distill-only")
 Gates = dict[str, torch.Tensor]
@@ -82,15 +82,14 @@ class PeerAgents(nn.Module):
         self.register_buffer("peer_g", torch.full((size_g,), open_gate))
         self.register_buffer("peer_d", torch.full((size_d,), open_gate))
 
-    def sample(self, noise: torch.Generator | None = None, *, update: bool = True) -> tuple[Gates, Gates]:
+    def sample(self, noise: torch.Generator | None = None) -> tuple[Gates, Gates]:
         """Hard gates of both agents, each seeing the other's last vector; then the vectors move on."""
         seen_by_g, seen_by_d = self.peer_d.clone(), self.peer_g.clone()
         gates_g = self.gen_g.sample(seen_by_g, generator=noise)
         gates_d = self.gen_d.sample(seen_by_d, generator=noise)
-        if update:
-            with torch.no_grad():
-                self.peer_g.copy_(soft_gates(self.gen_g(seen_by_g)))
-                self.peer_d.copy_(soft_gates(self.gen_d(seen_by_d)))
+        with torch.no_grad():
+            self.peer_g.copy_(soft_gates(self.gen_g(seen_by_g)))
+            self.peer_d.copy_(soft_gates(self.gen_d(seen_by_d)))
         return gates_g, gates_d
 
     def logits(self) -> tuple[Gates, Gates]:
@@ -165,8 +164,7 @@ def search_agents(
     history = []
     with ChannelGates(gated_g, analysis_g) as gates_g, ChannelGates(critic, analysis_critic) as gates_d:
         for _ in progress.bar(range(epochs), "agents", total=epochs):
-            sums: dict[str, float] = {}
-            batches = 0
+            meter = Meter()
             for x, _ in loader:
                 x = x.to(device)
                 sampled_g, sampled_d = agents.sample(noise)
@@ -214,10 +212,8 @@ def search_agents(
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                batches += 1
-            history.append({key: v / max(1, batches) for key, v in sums.items()})
+                meter.add(**stats)
+            history.append(meter.means())
     agents.eval()
     with torch.no_grad():
         logits_g, logits_d = agents.logits()

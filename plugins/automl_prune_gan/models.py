@@ -225,11 +225,13 @@ class TranslationGAN(nn.Module):
     def inference_module(self) -> nn.Module:
         return self.generator
 
+    def discriminator_input(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """What the discriminator sees of ``outputs``: conditioned on ``inputs`` for Pix2Pix."""
+        return torch.cat([inputs, outputs], dim=1) if self.objective == "pix2pix" else outputs
+
     def judge(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """The discriminator's patch scores for generated or real ``outputs`` of ``inputs``."""
-        if self.objective == "pix2pix":
-            return self.discriminator(torch.cat([inputs, outputs], dim=1))
-        return self.discriminator(outputs)
+        return self.discriminator(self.discriminator_input(inputs, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator(x)

@@ -22,7 +22,7 @@ below 0.5) and the mean losses to ``model.history``: the G/D balance curve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -59,12 +59,8 @@ def linear_decay(step: int, total: int) -> float:
 class Meter:
     """Running means of named values over one epoch."""
 
-    sums: dict[str, float]
+    sums: dict[str, float] = field(default_factory=dict)
     count: int = 0
-
-    @classmethod
-    def empty(cls) -> Meter:
-        return cls({})
 
     def add(self, **values: float) -> None:
         for k, v in values.items():
@@ -121,7 +117,7 @@ class ImageTranslationTask:
             torch.optim.lr_scheduler.LambdaLR(o, lambda step: linear_decay(step, total)) for o in optimizers
         ]
         for _ in progress.bar(range(epochs), "epochs", total=epochs):
-            meter = Meter.empty()
+            meter = Meter()
             for a, b in loader:
                 a, b = a.to(device), b.to(device)
                 target = None

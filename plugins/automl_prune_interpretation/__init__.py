@@ -33,7 +33,15 @@ from typing import Any
 import torch
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.pruning import GatedFlops, analyze, choose, kept_indices, repair_to_budget, slice_checked
+from automl_prune.pruning import (
+    GatedFlops,
+    analyze,
+    choose,
+    kept_indices,
+    repair_to_budget,
+    slice_checked,
+    smallest_flops,
+)
 from automl_prune.space import builtin_space_path, load_space
 from automl_prune_interpretation.gate_search import Pairs, freeze, search_gates
 from automl_prune_interpretation.pruned_explanations import IOU_THRESHOLD, PrunedExplainer, mean_mask_iou
@@ -170,9 +178,7 @@ class InterpretationStrategy(Strategy):
         return self._prepared[key]
 
     def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        model = copy.deepcopy(context.model)
-        example = context.example_input(1)
-        return float(GatedFlops(model, analyze(model, example), example).min_flops())
+        return float(smallest_flops(context.model, context.example_input(1)))
 
     # ---- run: gate search -> extraction -> fine-tuning ---------------------------------------------
 

@@ -21,7 +21,14 @@ from torch import nn
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
 from automl_prune.errors import AutomlPruneError
-from automl_prune.pruning import GatedFlops, analyze, keep_for_target, kept_indices, slice_model
+from automl_prune.pruning import (
+    GatedFlops,
+    analyze,
+    keep_for_target,
+    kept_indices,
+    slice_model,
+    smallest_flops,
+)
 from automl_prune.space import builtin_space_path
 
 TAYLOR_BATCHES = 4
@@ -59,9 +66,7 @@ class MagnitudeStrategy(Strategy):
     description = "L1/L2/Taylor/random channel importance, global or uniform, equal-budget fine-tuning"
 
     def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        model = copy.deepcopy(context.model)
-        example = context.example_input(1)
-        return float(GatedFlops(model, analyze(model, example), example).min_flops())
+        return float(smallest_flops(context.model, context.example_input(1)))
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
         model = copy.deepcopy(context.model)
