@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from automl_prune.pruning import ChannelGates, analyze, hard_keep, slice_model
+from automl_prune.pruning import ChannelGates, analyze, hard_keep, slice_checked, slice_model
+from automl_prune.pruning.extraction import ieee_fp32
 from tests.test_pruning_graph import ZOO, build, example, random_keep
 
 
@@ -84,3 +85,21 @@ def test_a_gated_model_cannot_be_sliced_before_its_gates_are_removed() -> None:
 def test_hard_keep_thresholds_gates_at_one_half() -> None:
     gates = {"a": torch.tensor([0.0, 0.49, 0.5, 1.0], requires_grad=True)}
     assert hard_keep(gates)["a"].tolist() == [False, False, True, True]
+
+
+def test_ieee_fp32_sets_full_precision_inside_and_restores_it_after_an_error() -> None:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with pytest.raises(KeyError), ieee_fp32():
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+        raise KeyError
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (TF32 convolutions)")
+@pytest.mark.parametrize("name", ZOO)
+def test_slice_checked_passes_on_cuda(name: str) -> None:
+    model, x = build(name).cuda().eval(), example(batch=4).cuda()
+    analysis = analyze(model, x[:1])
+    sliced = slice_checked(model, analysis, random_keep(analysis, 3), x[:1], x)
+    assert next(sliced.parameters()).is_cuda
