@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from automl_prune_interpretation.pruned_explanations import explanation_agreement
-from summary import summary_table, write_csv
+from summary import budget_table, write_csv
 
 from automl_prune.flops import count_flops, count_params
 from automl_prune.latency import measure_latency_ms
@@ -116,9 +116,7 @@ def main() -> None:
         f"base {args.base_epochs} ep, fine-tune {args.finetune_epochs} ep, seeds {args.seeds}, "
         f"threads {args.threads}, torch {torch.__version__}"
     )
-    budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    order = [(b, m) for b in budgets for m in args.methods.split(",")]
-    print(summary_table(rows, ("budget", "method"), order, METRICS))
+    print(budget_table(rows, args.methods.split(","), METRICS))
     print(f"wrote {args.out}")
 
 

@@ -36,6 +36,12 @@ def summary_table(
     return "\n".join(lines)
 
 
+def budget_table(rows: Sequence[dict[str, Any]], methods: Sequence[str], metrics: Sequence[str]) -> str:
+    """:func:`summary_table` by budget (largest first), then method in the given order."""
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    return summary_table(rows, ("budget", "method"), [(b, m) for b in budgets for m in methods], metrics)
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     """``rows`` as CSV (floats to 5 significant digits), keeping only ``fields``; rewritten whole, so a
     script can call it after every run and a crash loses nothing finished."""

@@ -1,8 +1,9 @@
-"""Adversarial GAN pruning vs G-only L1 pruning and its ablations, Pix2Pix U-Net on photo-edges.
+"""Adversarial GAN pruning vs G-only L1 pruning and its ablations on one image-translation GAN.
 
-One base Pix2Pix GAN (U-Net generator + PatchGAN, trained once, cached) serves every run. At each
-generator FLOPs target every method gets the same fine-tuning of G and D (Pix2Pix losses, Adam 2e-4,
-betas 0.5/0.999, ``--finetune-epochs``):
+One base GAN (``--model`` on ``--data``, e.g. the Pix2Pix U-Net on photo-edges or the CycleGAN ResNet on
+photo-unpaired; trained once, cached) serves every run. At each generator FLOPs target every method gets
+the same fine-tuning of G and D (the base GAN's own losses, Adam 2e-4, betas 0.5/0.999,
+``--finetune-epochs``):
 
 - ``gan``: the full method (genG + genD with peer feedback, local-density adversarial loss, D pruned to
   the same FLOPs ratio);
@@ -17,7 +18,9 @@ distance on the base discriminator's trunk features, FID with the standard Incep
 on real and generated patches after the last fine-tuning epoch. The per-epoch D accuracies go to a second
 CSV and a plot (``gan`` vs ``l1-g-only``, mean over seeds).
 
-    python benchmarks/gan_photo_edges.py --seeds 0,1,2 --threads 1
+    python benchmarks/gan_translation.py --seeds 0,1,2 --threads 1
+    python benchmarks/gan_translation.py --data photo-colour --device cuda
+    python benchmarks/gan_translation.py --model cyclegan-resnet --data photo-unpaired --device cuda
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 from automl_prune_gan.figures import save_balance_plot
-from summary import summary_table, write_csv
+from summary import budget_table, write_csv
 
 from automl_prune.flops import count_flops
 from automl_prune.search.config import SearchConfig
@@ -61,8 +64,9 @@ METRICS = (
 def prepare(strategy: str, args: argparse.Namespace, out: Path) -> Prepared:
     config = SearchConfig(
         strategy=strategy,
-        model="pix2pix-unet",
-        data="photo-edges",
+        model=args.model,
+        data=args.data,
+        device=args.device,
         out=str(out),
         base_epochs=args.base_epochs,
         max_flops="0.5",
@@ -102,6 +106,9 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="pix2pix-unet")
+    parser.add_argument("--data", default="photo-edges")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--base-epochs", type=int, default=20)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--budgets", default="0.5,0.25")
@@ -109,8 +116,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--fid-images", type=int, default=64, help="test images for Inception FID (0: none)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "gan_photo_edges.csv")
+    parser.add_argument("--out", type=Path, help="CSV path (default: results/gan_<data>.csv)")
     args = parser.parse_args()
+    args.out = args.out or HERE / "results" / f"gan_{args.data.replace('-', '_')}.csv"
     torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="bench-gan-"))
@@ -165,11 +173,9 @@ def main() -> None:
     print(
         f"base: val PSNR {base['quality']:.3f} dB, {base['flops'] / 1e6:.3f} MFLOPs (generator); base "
         f"{args.base_epochs} ep, fine-tune {args.finetune_epochs} ep, seeds {args.seeds}, threads "
-        f"{args.threads}, torch {torch.__version__}"
+        f"{args.threads}, {args.model} on {args.data}, device {args.device}, torch {torch.__version__}"
     )
-    budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    order = [(b, m) for b in budgets for m in args.methods.split(",")]
-    print(summary_table(rows, ("budget", "method"), order, METRICS))
+    print(budget_table(rows, args.methods.split(","), METRICS))
     print(f"wrote {args.out}")
 
 
