@@ -279,5 +279,6 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def builtin_space_path(name: str) -> Path:
-    """The built-in search space of a strategy, in search_spaces/ beside the package."""
-    return Path(__file__).resolve().parent.parent / "search_spaces" / f"{name}.yaml"
+    """The built-in search space of a strategy: search_spaces/ at the repository root, which the package
+    links to (automl_prune/search_spaces) so that wheels ship it too."""
+    return Path(__file__).resolve().parent / "search_spaces" / f"{name}.yaml"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -123,3 +129,28 @@ def test_budget_parse(text, base, expected) -> None:
 def test_budget_parse_rejects(text) -> None:
     with pytest.raises(BudgetError):
         Budget.parse(text)
+
+
+def test_a_wheel_ships_every_builtin_search_space(tmp_path: Path) -> None:
+    """A non-editable install finds the spaces inside the package, so the wheel must carry them."""
+    root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("automl_prune", "plugins", "search_spaces"):
+        shutil.copytree(root / name, source / name, symlinks=True, ignore=ignore)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", "dist", "."],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (source / "dist").glob("automl_prune-*.whl")
+    shipped = {
+        Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("automl_prune/search_spaces/")
+    }
+    spaces = {p.name for p in (root / "search_spaces").glob("*.yaml")}
+    assert spaces and shipped == spaces
+    assert builtin_space_path("gan").parent == root / "automl_prune" / "search_spaces"
