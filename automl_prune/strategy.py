@@ -53,6 +53,12 @@ class Context:
             dataset, batch_size=batch_size or self.batch_size, shuffle=shuffle, generator=generator
         )
 
+    def first_batch(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` items of ``split`` (default: one batch), unshuffled, on the device: the same
+        inputs on every call, for checks, figures and fixed evaluation sets."""
+        x, y = next(iter(self.loader(split, batch_size=n)))
+        return x.to(self.device), y.to(self.device)
+
     def flops(self, model: nn.Module) -> int:
         """fvcore FLOPs of ``model`` at this search's input shape, batch 1 (see automl_prune.flops)."""
         return count_flops(model, self.example_input(1))

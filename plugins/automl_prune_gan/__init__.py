@@ -61,11 +61,6 @@ def _gan(model: nn.Module) -> TranslationGAN:
     return model
 
 
-def _stack(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i] for i in range(min(n, len(dataset)))]
-    return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
-
-
 @torch.no_grad()
 def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device: torch.device) -> float:
     """Frechet distance of the base discriminator's trunk features, generated vs real, over ``dataset``."""
@@ -116,10 +111,10 @@ class GANStrategy(Strategy):
                     ) from exc
                 context.progress.log(f"gan: no FID ({exc.problem})")
                 return None
-            x, y = _stack(context.data.test, n)
+            x, y = context.first_batch("test", n)
             real = encode_in_batches(encoder, y)
             with torch.no_grad():
-                fake = context.model.to(context.device).eval()(x.to(context.device)).cpu()
+                fake = context.model.to(context.device).eval()(x).cpu()
             base = fid(encoder, fake, real, method="svd")
             self._fid_reference[key] = {"encoder": encoder, "real": real, "base": base}
         return self._fid_reference[key]
@@ -143,8 +138,7 @@ class GANStrategy(Strategy):
         flops_g, flops_d = GatedFlops(g, analysis_g, example), GatedFlops(d, analysis_d, example_d)
         ratio = float(params["target_flops_ratio"])
         target = ratio * context.base_flops
-        x_val, y_val = _stack(context.data.val, context.batch_size)
-        x_val, y_val = x_val.to(device), y_val.to(device)
+        x_val, y_val = context.first_batch("val")
         variant = str(params["variant"])
         agents = search_agents(
             g,
@@ -221,9 +215,9 @@ class GANStrategy(Strategy):
         if reference is not None:
             from automl_prune_gan.fid import fid
 
-            x, _ = _stack(context.data.test, len(reference["real"]))
+            x, _ = context.first_batch("test", len(reference["real"]))
             with torch.no_grad():
-                fake = pruned(x.to(context.device)).cpu()
+                fake = pruned(x).cpu()
             metrics["test_fid"] = fid(reference["encoder"], fake, reference["real"], method="svd")
             metrics["base_test_fid"] = reference["base"]
         return metrics

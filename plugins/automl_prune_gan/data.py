@@ -244,7 +244,12 @@ def _paired_photos(
         a = Patches(stacked[:, :in_channels].contiguous(), names, flips=flips)
         b = Patches(stacked[:, in_channels:].contiguous(), names, flips=flips)
         datasets.append(PatchPairs(a, b))
-    info = DataInfo(
+    return DataSplits(*datasets, _photo_info(name, in_channels, size, seed, paired=True, **extra))
+
+
+def _photo_info(name: str, in_channels: int, size: int, seed: int, **extra: Any) -> DataInfo:
+    """What every photo dataset states: colour targets, the photos of each split, flipped training."""
+    return DataInfo(
         name=name,
         task=TASK,
         in_channels=in_channels,
@@ -253,14 +258,12 @@ def _paired_photos(
         extra={
             "seed": seed,
             "out_channels": 3,
-            "paired": True,
             "photos": {split: list(SPLIT_PHOTOS[split]) for split in SPLITS},
             "train_flips": True,
             **extra,
             **file_extra(in_channels),
         },
     )
-    return DataSplits(*datasets, info)
 
 
 def photo_edges(arg: str | None = None, *, size: int = 32, scale: int = 128, seed: int = 0) -> DataSplits:
@@ -348,23 +351,15 @@ def photo_unpaired(arg: str | None = None, *, size: int = 32, scale: int = 128, 
         PatchPairs(Patches(_grey3(cut[split][0]), cut[split][1]), Patches(*cut[split]))
         for split in ("val", "test")
     )
-    info = DataInfo(
-        name=name,
-        task=TASK,
-        in_channels=3,
-        image_size=(size, size),
-        num_classes=0,
-        extra={
-            "seed": seed,
-            "out_channels": 3,
-            "paired": False,
-            "paired_eval": True,
-            "domains": {"A": "grey (BT.709 luma, 3 equal channels)", "B": "colour"},
-            "photos": {split: list(SPLIT_PHOTOS[split]) for split in SPLITS},
-            "train_halves": halves,
-            "train_flips": True,
-            **file_extra(3),
-        },
+    info = _photo_info(
+        name,
+        3,
+        size,
+        seed,
+        paired=False,
+        paired_eval=True,
+        domains={"A": "grey (BT.709 luma, 3 equal channels)", "B": "colour"},
+        train_halves=halves,
     )
     return DataSplits(train, val, test, info)
 

@@ -73,11 +73,6 @@ def _stack(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
 
-def _first_batch(context: Context, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = next(iter(context.loader(split, batch_size=n)))
-    return x.to(context.device), y.to(context.device)
-
-
 class InterpretationStrategy(Strategy):
     name = "interpretation"
     tasks = ("classification",)
@@ -151,7 +146,7 @@ class InterpretationStrategy(Strategy):
             probe,
             analyze(probe, example),
             list(explainer.taps),
-            _first_batch(context, "val", PROBE_IMAGES)[0],
+            context.first_batch("val", PROBE_IMAGES)[0],
         )
         return {
             "settings": s,
@@ -226,7 +221,7 @@ class InterpretationStrategy(Strategy):
         candidates = [(epoch, repair_to_budget(z, analysis, flops, target)) for epoch, z in snapshots]
         metric = context.task.quality_metric
         epoch, keep, scores = choose(candidates, base, analysis, lambda m: context.evaluate(m, "val")[metric])
-        x_val, _ = _first_batch(context, "val", context.batch_size)
+        x_val, _ = context.first_batch("val")
         pruned = slice_checked(base, analysis, keep, example, x_val)
         for p in pruned.parameters():
             p.requires_grad_(True)
