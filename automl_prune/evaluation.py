@@ -5,23 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from automl_prune.data.base import DataInfo
+from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.registry import load_dataset
 from automl_prune.errors import AutomlPruneError
-from automl_prune.flops import FLOPS_CONVENTION, count_flops, count_params
-from automl_prune.latency import latency_convention, measure_latency_ms
-from automl_prune.plugins import get_plugins
+from automl_prune.latency import latency_convention
 from automl_prune.pruning import export_onnx, export_torchscript, load_pruned, read_spec
 from automl_prune.search.setup import resolve_device
+from automl_prune.tasks import task_for
+from automl_prune.tasks.base import Task
 
 EXPORTERS = {"onnx": (export_onnx, ".onnx"), "torchscript": (export_torchscript, ".pt")}
 
 
-def _example(spec: dict[str, Any], batch: int = 1) -> torch.Tensor:
-    info = spec["data_info"]
-    return torch.zeros(batch, info["in_channels"], *info["image_size"])
+def _saved_task(spec: dict[str, Any]) -> tuple[Task, DataSplits]:
+    """The task of a saved model and data with its recorded shape (no samples: for example inputs)."""
+    info = DataInfo(**{**spec["data_info"], "image_size": tuple(spec["data_info"]["image_size"])})
+    return task_for(spec["model_ref"]["name"], info.task), DataSplits([], [], [], info)
 
 
 def evaluate_saved(
@@ -35,27 +34,27 @@ def evaluate_saved(
     if spec_data is None:
         raise AutomlPruneError(f"{path} does not record its dataset", "pass --data")
     splits = load_dataset(spec_data, **({} if data else meta.get("data_args", {})))
-    saved = DataInfo(**{**spec["data_info"], "image_size": tuple(spec["data_info"]["image_size"])})
-    if splits.info.input_shape != saved.input_shape:
+    task, saved = _saved_task(spec)
+    if splits.info.input_shape != saved.info.input_shape:
         raise AutomlPruneError(
             f"dataset {spec_data!r} yields inputs {splits.info.input_shape}, "
-            f"the model expects {saved.input_shape}",
+            f"the model expects {saved.info.input_shape}",
             "pass the dataset (and --data-arg size=...) the model was pruned on",
         )
     dev = resolve_device(device)
     model = load_pruned(path).to(dev)
-    task = get_plugins().tasks.get(splits.info.task)
     metrics = task.evaluate(model, splits, split, batch_size=batch_size, device=dev)
-    example = _example(spec).to(dev)
+    timings = task.latency(model, splits, dev)
     return {
         "model": str(path),
         "data": spec_data,
         "split": split,
         **metrics,
-        "flops": count_flops(model, example),
-        "n_params": count_params(model),
-        "latency_ms": measure_latency_ms(model, example),
-        "conventions": {"flops": FLOPS_CONVENTION, "latency": latency_convention(dev)},
+        "flops": task.flops(model, splits),
+        **task.cost(model, splits),
+        "n_params": task.n_params(model),
+        **timings,
+        "conventions": {"flops": task.flops_convention(), "latency": latency_convention(dev)},
     }
 
 
@@ -66,4 +65,5 @@ def export_saved(path: str | Path, fmt: str, out: str | Path | None = None) -> P
     spec = read_spec(path)
     exporter, suffix = EXPORTERS[fmt]
     target = Path(out) if out else Path(path) / f"model{suffix}"
-    return exporter(load_pruned(path), _example(spec), target)
+    task, shapes = _saved_task(spec)
+    return exporter(load_pruned(path), task.example_input(shapes), target)

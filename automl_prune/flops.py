@@ -8,57 +8,81 @@ default (additions, activations) are not counted.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from automl_prune.errors import BudgetError, ModelError
+from automl_prune.model_io import Inputs, TensorCall, call, evaluating, positional
 
 FLOPS_CONVENTION = "fvcore count at batch 1 (one multiply-add = one flop, i.e. MACs)"
 
 
-def count_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
-    """fvcore's FLOP count of one forward pass on ``example_input`` (use batch 1)."""
-    from fvcore.nn import FlopCountAnalysis
-
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = model.training
-    model.eval()
+def count_flops(model: nn.Module, inputs: Inputs) -> int:
+    """fvcore's FLOP count of one call of ``model`` on ``inputs`` (a tensor, tuple or dict; use batch 1)."""
     fix = (
-        "the model's forward must be traceable by torch.jit.trace: tensor inputs, tensor outputs, no "
-        "data-dependent Python control flow; wrap or simplify the forward"
+        "the model's forward must be traceable by torch.jit.trace: tensor inputs, tensor outputs (or a "
+        "tuple, dict or dataclass of tensors), no data-dependent Python control flow; wrap or simplify it"
     )
-    try:
-        with torch.no_grad():
-            output = model(*inputs)
+    with torch.no_grad(), evaluating(model):
+        try:
+            output = call(model, inputs)
+        except Exception as exc:
+            raise ModelError(
+                f"cannot run {type(model).__name__} on its example inputs: {type(exc).__name__}: {exc}", fix
+            ) from exc
         if not _all_tensors(output):
             raise ModelError(
                 f"cannot trace {type(model).__name__}: its forward returns {_describe(output)}", fix
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fvcore's use of torch.jit.script is deprecated, not broken
-            analysis = FlopCountAnalysis(model, inputs)
-            analysis.unsupported_ops_warnings(False)
-            analysis.uncalled_modules_warnings(False)
-            logging.getLogger("fvcore").setLevel(logging.ERROR)
-            total = int(analysis.total())
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(
-            f"cannot trace {type(model).__name__} to count its FLOPs: {type(exc).__name__}: {exc}", fix
-        ) from exc
-    finally:
-        model.train(was_training)
+        try:
+            total = module_flops(model, inputs)[""]
+        except Exception as exc:
+            raise ModelError(
+                f"cannot trace {type(model).__name__} to count its FLOPs: {type(exc).__name__}: {exc}", fix
+            ) from exc
     if total == 0 and count_params(model) > 0:
         raise ModelError(f"cannot trace {type(model).__name__}: fvcore counted no FLOPs in its forward", fix)
     return total
 
 
+def module_flops(model: nn.Module, inputs: Inputs) -> dict[str, int]:
+    """fvcore's counts per module name of ``model`` (``""``: the whole call), with attention counted.
+
+    fvcore has no handler for ``scaled_dot_product_attention``; it is counted here as its two matmuls,
+    ``B * heads * Lq * Lk * (d_qk + d_v)`` multiply-adds (softmax and scaling are element-wise and, like
+    fvcore's other element-wise ops, not counted).
+    """
+    from fvcore.nn import FlopCountAnalysis
+
+    with evaluating(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's use of torch.jit.script is deprecated, not broken
+        analysis = FlopCountAnalysis(TensorCall(model, inputs), positional(inputs))
+        analysis.set_op_handle("aten::scaled_dot_product_attention", _attention_flops)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        logging.getLogger("fvcore").setLevel(logging.ERROR)
+        counts = analysis.by_module()
+    prefix = "model"
+    return {name[len(prefix) + 1 :] if name != prefix else "": int(n) for name, n in counts.items() if name}
+
+
+def _attention_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(i) for i in inputs[:3])
+    batch = math.prod(q[:-2])
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def _all_tensors(output: object) -> bool:
+    if hasattr(output, "to_tuple"):  # diffusers' BaseOutput
+        output = output.to_tuple()
     if isinstance(output, torch.Tensor):
         return True
     if isinstance(output, (tuple, list)):
@@ -75,12 +99,9 @@ def _describe(output: object) -> str:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not) of what inference runs.
-
-    A model that carries training-only parts (a GAN's discriminator) names the part its forward runs in
-    an ``inference_module`` attribute; only that part is counted, as only its FLOPs are.
-    """
-    return sum(p.numel() for p in getattr(model, "inference_module", model).parameters())
+    """Number of parameters (trainable or not) of ``model``; a task counts only what its inference runs
+    (``Task.n_params``: a GAN's generator)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 _ABSOLUTE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([kKmMgG])(?:flops|FLOPs|FLOPS)?\s*$")

@@ -61,6 +61,16 @@ def register_tasks(register: Any) -> None:
 
 
 @hookspec
+def register_layer_rules(register: Any) -> None:
+    """Register how the pruning toolbox treats a module type it prunes: ``register(LayerRule(...))``.
+
+    A rule says which child layers lose channels only in blocks (attention heads), how the module's own
+    attributes follow new widths after slicing, and which attributes a saved model records (see
+    :mod:`automl_prune.pruning.layers`).
+    """
+
+
+@hookspec
 def search_started(search: SearchInfo) -> None:
     """A search is about to run its first trial (also called when a search is resumed)."""
 

@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from automl_prune.model_io import Inputs, call, positional
+
 
 def measure_latency_ms(
-    model: nn.Module, example_input: torch.Tensor, *, repeats: int = 20, warmup: int = 5
+    model: nn.Module, example_input: Inputs, *, repeats: int = 20, warmup: int = 5
 ) -> float:
-    """Median wall time of ``model(example_input)`` in milliseconds (eval mode, no grad)."""
+    """Median wall time of one call of ``model`` on ``example_input`` in milliseconds (eval mode, no grad)."""
     was_training = model.training
     model.eval()
-    sync = torch.cuda.synchronize if example_input.is_cuda else (lambda: None)
+    cuda = any(t.is_cuda for t in positional(example_input))
+    try:
+        return median_ms(lambda: call(model, example_input), repeats=repeats, warmup=warmup, cuda=cuda)
+    finally:
+        model.train(was_training)
+
+
+def median_ms(run: Callable[[], object], *, repeats: int, warmup: int, cuda: bool = False) -> float:
+    """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls (no grad)."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
             sync()
             start = time.perf_counter()
-            model(example_input)
+            run()
             sync()
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1e3)
-    model.train(was_training)
     return statistics.median(times)
 
 

@@ -41,6 +41,7 @@ class Plugins:
     models: Registry[Any] = field(default_factory=lambda: Registry("model"))
     datasets: Registry[Any] = field(default_factory=lambda: Registry("dataset"))
     tasks: Registry[Any] = field(default_factory=lambda: Registry("task"))
+    layer_rules: list[Any] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # plugin name -> distribution
 
@@ -78,6 +79,7 @@ def _fill(plugins: Plugins) -> None:
         "register_models": partial(_register_named, plugins.models),
         "register_datasets": partial(_register_named, plugins.datasets),
         "register_tasks": partial(_register_task, plugins.tasks),
+        "register_layer_rules": lambda rule, source: plugins.layer_rules.append(rule),
     }
     for hook_name, register in calls.items():
         for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():

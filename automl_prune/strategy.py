@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
-from automl_prune.flops import count_flops
+from automl_prune.model_io import Inputs, to_device
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
 from automl_prune.tasks.base import Task
@@ -43,8 +43,9 @@ class Context:
     max_flops: float | None = None
     batch_size: int = 64
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        return self.task.example_input(self.data, batch).to(self.device)
+    def example_input(self, batch: int = 1) -> Inputs:
+        """The task's example inputs of one model call (a tensor, tuple or dict) on the device."""
+        return to_device(self.task.example_input(self.data, batch), self.device)
 
     def loader(self, split: str, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
         dataset = getattr(self.data, split)
@@ -60,8 +61,8 @@ class Context:
         return x.to(self.device), y.to(self.device)
 
     def flops(self, model: nn.Module) -> int:
-        """fvcore FLOPs of ``model`` at this search's input shape, batch 1 (see automl_prune.flops)."""
-        return count_flops(model, self.example_input(1))
+        """FLOPs of ``model`` by the task's convention (fvcore, batch 1; per denoising step for diffusion)."""
+        return self.task.flops(model.to(self.device), self.data)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         return self.task.evaluate(model, self.data, split, batch_size=self.batch_size, device=self.device)
@@ -116,7 +117,7 @@ class Strategy:
     Class attributes:
         name: what users pass to ``--strategy``.
         tasks: the task names it can prune (``classification``, ``image-translation``, ...).
-        space: path of its default search-space YAML.
+        space: path of its default search-space YAML (``space_for`` finds a task-specific one).
         version: bump it when ``prepare`` changes, so cached artifacts are not reused.
     """
 
@@ -125,6 +126,13 @@ class Strategy:
     space: ClassVar[Path]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+
+    def space_for(self, task: str) -> Path:
+        """The default search space for pruning a ``task`` model: ``NAME.TASK.yaml`` beside ``space``
+        when the strategy ships one (a diffusion UNet fine-tunes with Adam at other learning rates than a
+        classifier with SGD), else ``space``."""
+        specific = self.space.with_name(f"{self.space.stem}.{task}{self.space.suffix}")
+        return specific if specific.is_file() else self.space
 
     def prepare_key(self, context: Context) -> dict[str, Any]:
         """Settings besides the base model and data that change what ``prepare`` computes."""

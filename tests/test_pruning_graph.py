@@ -11,7 +11,6 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from automl_prune.errors import ModelError
 from automl_prune.models.cifar_resnet import cifar_resnet, resnet20, resnet56
 from automl_prune.models.unet import SmallUNet
 from automl_prune.pruning import DependencyAnalysis, analyze
@@ -99,7 +98,7 @@ def test_groupnorm_groups_are_the_unit() -> None:
     assert all(g.units == 4 for g in analysis)
 
 
-def test_groupnorm_that_splits_a_group_is_refused() -> None:
+def test_groups_that_would_split_a_groupnorm_group_stay_whole() -> None:
     class Split(nn.Module):
         """A GroupNorm of 3-channel groups over the concatenation of 5 and 7 conv channels."""
 
@@ -112,8 +111,10 @@ def test_groupnorm_that_splits_a_group_is_refused() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.norm(torch.cat([self.a(x), self.b(x)], 1)))
 
-    with pytest.raises(ModelError, match="splits the groups of GroupNorm 'norm'"):
-        analyze(Split(), torch.randn(1, 3, 4, 4))
+    analysis = analyze(Split(), torch.randn(1, 3, 4, 4))
+    assert analysis.keys == []
+    assert set(analysis.frozen) == {"a", "b"}
+    assert all("split the groups of GroupNorm 'norm'" in why for why in analysis.frozen.values())
 
 
 def test_keys_are_stable_across_deep_copies_and_ignored_layers_are_kept() -> None:

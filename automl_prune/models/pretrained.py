@@ -1,6 +1,7 @@
 """The base model a search prunes: the user's local weights, or one trained here on demand and cached.
 
-Nothing is downloaded. Without ``weights`` the model is trained with the task's recipe and stored in
+Nothing is downloaded. A model family that brings its own weights (``diffusers:PATH``) is loaded with
+them unless ``weights`` is given. Without either, the model is trained with the task's recipe and stored in
 the cache (``$AUTOML_PRUNE_CACHE`` or ``~/.cache/automl_prune``, folder ``base_models``) as safetensors
 under a key of everything that determines it (model, data, epochs, lr, batch size, seed, automl_prune
 version), so a second search on the same base model loads it instead of training again.
@@ -20,7 +21,7 @@ from automl_prune.data.base import DataSplits
 from automl_prune.io import atomic_write_bytes, content_key
 from automl_prune.io import cache_dir as default_cache_dir
 from automl_prune.models.base import ModelRef
-from automl_prune.models.registry import build_model, load_weights
+from automl_prune.models.registry import build_model, default_weights, load_weights
 from automl_prune.progress import Progress
 from automl_prune.tasks.base import Task
 
@@ -54,6 +55,7 @@ def get_base_model(
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = build_model(ref, data.info)
+        weights = weights if weights is not None else default_weights(ref.name)
         if weights is not None:
             return load_weights(model, weights).to(device).eval()
         path = base_model_path(ref, data, cache_dir=cache_dir or default_cache_dir(), **settings)

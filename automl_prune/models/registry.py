@@ -40,12 +40,26 @@ def import_factory(target: str) -> Callable[..., Any]:
     return obj
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"diffusers:/models/unet"`` -> ``("diffusers", "/models/unet")``; ``"resnet20"`` -> (it, None)."""
+    family, sep, arg = name.partition(":")
+    return (family, arg) if sep else (name, None)
+
+
 def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
-    """An untrained model for ``ref`` on data described by ``info``."""
-    if ":" in ref.name:
+    """An untrained model for ``ref`` on data described by ``info``.
+
+    ``name:arg`` with a registered ``name`` (``diffusers:PATH``) calls that factory as
+    ``factory(info, arg, **kwargs)``; any other ``module:factory`` is the user's importable factory.
+    """
+    models = get_plugins().models
+    family, arg = split_name(ref.name)
+    if arg is not None and family in models:
+        factory, args = models.get(family), (info, arg)
+    elif arg is not None:
         factory, args = import_factory(ref.name), ()
     else:
-        factory, args = get_plugins().models.get(ref.name), (info,)
+        factory, args = models.get(ref.name), (info,)
     try:
         model = factory(*args, **ref.kwargs)
     except AutomlPruneError:
@@ -61,6 +75,23 @@ def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
             "return the module itself from the factory",
         )
     return model
+
+
+def model_task(name: str) -> str | None:
+    """The task a registered model (or model family) is for; None for a user's ``module:factory``."""
+    models = get_plugins().models
+    family, _ = split_name(name)
+    return models.entry(family).meta.get("task") if family in models else None
+
+
+def default_weights(name: str) -> Path | None:
+    """The weights a model family brings itself (``diffusers:PATH``: the directory's), else None."""
+    models = get_plugins().models
+    family, arg = split_name(name)
+    if arg is None or family not in models:
+        return None
+    weights = models.entry(family).meta.get("weights")
+    return weights(arg) if weights is not None else None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

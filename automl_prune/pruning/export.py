@@ -8,46 +8,39 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-Input = torch.Tensor | tuple[torch.Tensor, ...]
+from automl_prune.model_io import Inputs, TensorCall, evaluating, positional
 
 
-def export_torchscript(model: nn.Module, example_input: Input, path: str | Path) -> Path:
-    """Trace ``model`` on ``example_input`` and save it (load with ``torch.jit.load``)."""
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    with _eval(model), torch.no_grad():
-        traced = torch.jit.trace(model, inputs)
+def export_torchscript(model: nn.Module, example_input: Inputs, path: str | Path) -> Path:
+    """Trace ``model`` on ``example_input`` and save it (load with ``torch.jit.load``). A model with
+    several inputs or a structured output is traced behind :class:`~automl_prune.model_io.TensorCall`:
+    positional tensors in, a tensor (or a tuple of tensors) out."""
+    module = model if isinstance(example_input, torch.Tensor) else TensorCall(model, example_input)
+    with evaluating(model), torch.no_grad():
+        traced = torch.jit.trace(module, positional(example_input), strict=False)
     return _write_atomically(path, lambda tmp: torch.jit.save(traced, tmp))
 
 
-def export_onnx(model: nn.Module, example_input: Input, path: str | Path) -> Path:
+def export_onnx(model: nn.Module, example_input: Inputs, path: str | Path) -> Path:
     """Export ``model`` to one self-contained ONNX file and check it with ``onnx.checker``."""
     import onnx
 
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    module = model if isinstance(example_input, torch.Tensor) else TensorCall(model, example_input)
 
     def write(tmp: str) -> None:
-        with _eval(model):
-            torch.onnx.export(model, inputs, tmp, dynamo=True, external_data=False, verbose=False)
+        with evaluating(model):
+            torch.onnx.export(
+                module, positional(example_input), tmp, dynamo=True, external_data=False, verbose=False
+            )
         onnx.checker.check_model(tmp, full_check=True)
 
     return _write_atomically(path, write)
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from automl_prune.model_io import Inputs, call, main_output, positional
 from automl_prune.pruning.flops_model import GatedFlops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.graph import DependencyAnalysis
@@ -95,16 +96,16 @@ def repair_to_budget(
 
 
 @torch.no_grad()
-def masked_outputs(
-    model: nn.Module, analysis: DependencyAnalysis, keep: Keep, x: torch.Tensor
-) -> torch.Tensor:
-    """``model``'s outputs with the channels ``keep`` drops gated to zero (the model stays unchanged)."""
+def masked_outputs(model: nn.Module, analysis: DependencyAnalysis, keep: Keep, x: Inputs) -> torch.Tensor:
+    """``model``'s (main) output on ``x`` with the channels ``keep`` drops gated to zero (the model stays
+    unchanged)."""
     was_training = model.training
     model.eval()
+    device = next(iter(positional(x))).device
     try:
         with ChannelGates(model, analysis) as gates:
-            gates.set({k: v.float().to(x.device) for k, v in keep.items()})
-            return model(x)
+            gates.set({k: v.float().to(device) for k, v in keep.items()})
+            return main_output(call(model, x))
     finally:
         model.train(was_training)
 
@@ -141,8 +142,8 @@ def slice_checked(
     model: nn.Module,
     analysis: DependencyAnalysis,
     keep: Keep,
-    example: torch.Tensor,
-    batch: torch.Tensor,
+    example: Inputs,
+    batch: Inputs,
     *,
     atol: float = 1e-4,
     rtol: float = 1e-4,
@@ -152,7 +153,7 @@ def slice_checked(
     sliced = slice_model(model, example, keep, analysis).eval()
     with ieee_fp32(), torch.no_grad():
         masked = masked_outputs(model, analysis, keep, batch)
-        out = sliced(batch)
+        out = main_output(call(sliced, batch))
     if out.shape != masked.shape or not torch.allclose(out, masked, atol=atol, rtol=rtol):
         diff = (out - masked).abs().max().item() if out.shape == masked.shape else float("nan")
         raise SliceMismatchError(

@@ -17,7 +17,6 @@ silently wrong budget.
 from __future__ import annotations
 
 import copy
-import logging
 from itertools import accumulate
 
 import torch
@@ -25,11 +24,10 @@ import torch_pruning as tp
 from torch import nn
 
 from automl_prune.errors import ModelError
-from automl_prune.flops import count_flops
+from automl_prune.flops import count_flops, module_flops
+from automl_prune.model_io import Inputs
 from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis, analyze
 from automl_prune.pruning.surgery import hard_keep, slice_model
-
-Input = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class GatedFlops:
@@ -40,7 +38,7 @@ class GatedFlops:
     ``full`` is the count of the unpruned model.
     """
 
-    def __init__(self, model: nn.Module, analysis: DependencyAnalysis, example_input: Input) -> None:
+    def __init__(self, model: nn.Module, analysis: DependencyAnalysis, example_input: Inputs) -> None:
         self.analysis = analysis
         self._offsets = dict(zip(analysis.keys, accumulate(analysis.sizes, initial=0), strict=False))
         counts = _module_counts(model, example_input)
@@ -92,7 +90,7 @@ class GatedFlops:
         self._in_rows, self._in_channels = (torch.tensor(v, dtype=torch.long) for v in sides["in"])
         self._out_rows, self._out_channels = (torch.tensor(v, dtype=torch.long) for v in sides["out"])
 
-    def _fit_remainder(self, model: nn.Module, example_input: Input) -> None:
+    def _fit_remainder(self, model: nn.Module, example_input: Inputs) -> None:
         def drop(keys: list[str]) -> float:
             """How much the remainder falls when the groups ``keys`` are cut to one unit."""
             gates = {k: v for k, v in self._min_gates().items() if k in keys}
@@ -115,7 +113,7 @@ class GatedFlops:
             stack += [(half, half_total), (keys[len(keys) // 2 :], total - half_total)]
         self._check_fit(model, example_input)
 
-    def _check_fit(self, model: nn.Module, example_input: Input) -> None:
+    def _check_fit(self, model: nn.Module, example_input: Inputs) -> None:
         """Compare with fvcore at a second architecture: half of every group's units kept."""
         half = {g.key: _first_units(g, max(g.units // 2, 1)) for g in self.analysis}
         sliced = slice_model(model, example_input, hard_keep(half), self.analysis)
@@ -153,31 +151,19 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     return 1, module.num_features
 
 
-def smallest_flops(model: nn.Module, example_input: Input) -> int:
+def smallest_flops(model: nn.Module, example_input: Inputs) -> int:
     """fvcore FLOPs of ``model`` with every prunable group cut to one unit: the floor any channel-pruning
     strategy reaches. A deep copy is traced, so ``model`` is left exactly as it was."""
     model = copy.deepcopy(model)
     return GatedFlops(model, analyze(model, example_input), example_input).min_flops()
 
 
-def _module_counts(model: nn.Module, example_input: Input) -> dict[str, int]:
+def _module_counts(model: nn.Module, example_input: Inputs) -> dict[str, int]:
     """fvcore counts of the whole model (key "") and of each conv, linear and norm layer."""
-    from fvcore.nn import FlopCountAnalysis
-
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = model.training
-    model.eval()
-    try:
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        logging.getLogger("fvcore").setLevel(logging.ERROR)
-        by_module = analysis.by_module()
-    finally:
-        model.train(was_training)
+    by_module = module_flops(model, example_input)
     layers = {
-        name: int(by_module[name])
+        name: by_module[name]
         for name, module in model.named_modules()
         if isinstance(module, (*LAYERS, *NORMS)) and by_module.get(name)
     }
-    return {"": int(by_module[""]), **layers}
+    return {"": by_module[""], **layers}

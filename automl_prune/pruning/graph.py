@@ -18,6 +18,8 @@ import torch_pruning as tp
 from torch import nn
 
 from automl_prune.errors import ModelError
+from automl_prune.model_io import Inputs, output_tensors
+from automl_prune.pruning.layers import forced_units
 
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
@@ -63,9 +65,16 @@ class DependencyAnalysis:
     def __init__(self, model: nn.Module, graph: tp.DependencyGraph, tp_groups: dict[str, tp.Group]) -> None:
         self.model = model
         self.graph = graph
-        self._tp_groups = tp_groups
         names = {module: name for name, module in model.named_modules()}
-        self.groups = [_channel_group(key, group, graph, names) for key, group in tp_groups.items()]
+        forced = forced_units(model)
+        self.groups: list[ChannelGroup] = []
+        self.frozen: dict[str, str] = {}  # group key -> why it stays whole
+        for key, group in tp_groups.items():
+            try:
+                self.groups.append(_channel_group(key, group, graph, names, forced))
+            except _Unprunable as exc:
+                self.frozen[key] = str(exc)
+        self._tp_groups = {g.key: tp_groups[g.key] for g in self.groups}
         self._by_key = {g.key: g for g in self.groups}
 
     def __getitem__(self, key: str) -> ChannelGroup:
@@ -98,19 +107,24 @@ class DependencyAnalysis:
 
 
 def analyze(
-    model: nn.Module,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...],
-    ignored_layers: list[nn.Module] | None = None,
+    model: nn.Module, example_input: Inputs, ignored_layers: list[nn.Module] | None = None
 ) -> DependencyAnalysis:
-    """Trace ``model`` and find its prunable channel groups.
+    """Trace ``model`` on ``example_input`` (a tensor, tuple or dict) and find its prunable channel groups.
 
     Layers that produce the network's output (a classifier, a U-Net's last conv) are never pruned: their
     channels are the task's classes or image channels. Pass further layers to keep in ``ignored_layers``.
+    A group that would split a GroupNorm's groups where two channel groups meet in one norm (a
+    concatenation whose parts are not multiples of the norm's group size), or that passes through a
+    LayerNorm over its channels (a transformer block's width), stays whole and is listed in ``frozen``
+    with the reason: removing part of what a norm normalises jointly changes its statistics, so no mask
+    of it could equal a sliced model.
     """
     was_training = model.training
     try:
         with torch.enable_grad():
-            graph = tp.DependencyGraph().build_dependency(model, example_input, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_input, output_transform=output_tensors, verbose=False
+            )
     except Exception as exc:  # any tracing failure is the model's, reported as such
         raise ModelError(
             f"torch-pruning cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}",
@@ -141,8 +155,12 @@ def _output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     return found
 
 
+class _Unprunable(Exception):
+    """A channel group that cannot be removed in whole units of every norm it passes through."""
+
+
 def _channel_group(
-    key: str, group: tp.Group, graph: tp.DependencyGraph, names: dict[nn.Module, str]
+    key: str, group: tp.Group, graph: tp.DependencyGraph, names: dict[nn.Module, str], forced: dict[str, int]
 ) -> ChannelGroup:
     members: list[Member] = []
     for item in group:
@@ -162,32 +180,41 @@ def _channel_group(
     size = len(group[0].idxs)
     modules = {name: module for module, name in names.items()}
     unit = _unit(key, members, modules)
+    for m in members:
+        if m.side == "out" and m.module in forced:
+            unit = math.lcm(unit, forced[m.module])
     if size % unit:
-        raise ModelError(
-            f"channel group {key!r} has {size} channels, not a multiple of its GroupNorm groups ({unit})",
-            "give the layers a width divisible by the GroupNorm group size, or ignore the layer",
-        )
+        raise _Unprunable(f"its {size} channels are not a multiple of the blocks its layers need ({unit})")
     return ChannelGroup(key, size, unit, tuple(members), _gate_points(members, graph, modules))
 
 
 def _unit(key: str, members: list[Member], modules: dict[str, nn.Module]) -> int:
-    """GroupNorm normalises groups of channels jointly, so whole GroupNorm groups are kept or removed."""
+    """GroupNorm normalises groups of channels jointly, so whole GroupNorm groups are kept or removed.
+
+    A unit of ``per_group`` group channels works when the member's norm inputs, in norm order, fall
+    into whole norm groups that each hold one aligned block of group channels (a concatenation of a
+    group with itself, as where a UNet's stream meets its own skip, maps each block to two norm groups).
+    """
     unit = 1
     for m in members:
         norm = modules[m.module]
+        if isinstance(norm, nn.LayerNorm):
+            raise _Unprunable(f"LayerNorm {m.module!r} normalises all its channels jointly")
         if not isinstance(norm, nn.GroupNorm):
             continue
         per_group = norm.num_channels // norm.num_groups
-        idxs = torch.tensor(m.idxs)
-        blocks = idxs.view(-1, per_group) if len(idxs) % per_group == 0 else idxs.view(1, -1)
-        whole = torch.equal(blocks, blocks[:, :1] + torch.arange(blocks.shape[1]))
-        if blocks.shape[1] != per_group or not whole or (blocks[:, 0] % per_group).any():
-            raise ModelError(
-                f"channel group {key!r} splits the groups of GroupNorm {m.module!r}",
-                "use GroupNorm right after the conv it normalises, or ignore the conv",
-            )
+        idxs, channels = torch.tensor(m.idxs), torch.tensor(m.channels)
+        order = idxs.argsort()
+        if len(idxs) % per_group or not all(_aligned(v[order], per_group) for v in (idxs, channels)):
+            raise _Unprunable(f"it would split the groups of GroupNorm {m.module!r}")
         unit = math.lcm(unit, per_group)
     return unit
+
+
+def _aligned(values: torch.Tensor, size: int) -> bool:
+    """``values`` read in rows of ``size`` are runs ``k * size, ..., k * size + size - 1``."""
+    blocks = values.view(-1, size)
+    return torch.equal(blocks, blocks[:, :1] + torch.arange(size)) and not (blocks[:, 0] % size).any()
 
 
 def _gate_points(

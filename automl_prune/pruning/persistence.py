@@ -25,6 +25,7 @@ from automl_prune.data.base import DataInfo
 from automl_prune.errors import CheckpointError
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model
+from automl_prune.pruning.layers import layer_rules, rule_of
 
 FORMAT = "automl_prune.pruned"
 FORMAT_VERSION = 1
@@ -67,12 +68,14 @@ def save_pruned(
 ) -> Path:
     """Write ``model`` to the directory ``path`` atomically (an existing one is replaced only once the
     new one is complete). ``metadata`` is free JSON kept in the spec (budget, trial, quality...)."""
+    base = build_model(model_ref, info)
     spec = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_ref": model_ref.to_dict(),
         "data_info": asdict(info),
-        "modules": _changed_modules(model, build_model(model_ref, info)),
+        "modules": _changed_modules(model, base),
+        "attributes": _changed_attributes(model, base),
         "metadata": metadata or {},
     }
     try:
@@ -162,6 +165,15 @@ def _rebuild(spec: dict[str, Any]) -> nn.Module:
                 f"the spec's entry for module {name!r} cannot be built: {type(exc).__name__}: {exc}",
                 "the spec is damaged or from another model; save the model again",
             ) from exc
+    modules = dict(model.named_modules())
+    for name, values in spec.get("attributes", {}).items():
+        if name not in modules:
+            raise CheckpointError(
+                f"the spec records attributes of module {name!r}, which the base model does not have",
+                "the spec is damaged or from another model; save the model again",
+            )
+        for key, value in values.items():
+            setattr(modules[name], key, value)
     return model
 
 
@@ -196,6 +208,23 @@ def _changed_modules(model: nn.Module, base: nn.Module) -> dict[str, dict[str, A
                 "prune with the toolbox's slice_model, or save a model whose other modules are unchanged",
             )
         changed[name] = shape
+    return changed
+
+
+def _changed_attributes(model: nn.Module, base: nn.Module) -> dict[str, dict[str, Any]]:
+    """The attributes layer rules name (``LayerRule.attributes``) that differ from a fresh base build."""
+    rules = layer_rules()
+    base_modules = dict(base.named_modules())
+    changed: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        rule = rule_of(module, rules)
+        original = base_modules.get(name)
+        if rule is None or original is None:
+            continue
+        values = {a: getattr(module, a) for a in rule.attributes}
+        values = {a: v for a, v in values.items() if v != getattr(original, a)}
+        if values:
+            changed[name] = values
     return changed
 
 

@@ -14,7 +14,9 @@ import copy
 import torch
 from torch import nn
 
+from automl_prune.model_io import Inputs
 from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, analyze
+from automl_prune.pruning.layers import follow_rules
 
 
 def hard_keep(gate_values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -24,7 +26,7 @@ def hard_keep(gate_values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def slice_model(
     model: nn.Module,
-    example_input: torch.Tensor | tuple[torch.Tensor, ...] | None,
+    example_input: Inputs | None,
     keep: dict[str, torch.Tensor],
     analysis: DependencyAnalysis | None = None,
 ) -> nn.Module:
@@ -57,6 +59,7 @@ def slice_model(
         prune = pruner.prune_out_channels if side == "out" else pruner.prune_in_channels
         prune(modules[name], sorted(set(idxs)))
     _fix_group_norms(sliced, model)
+    follow_rules(sliced, model)
     return sliced
 
 

@@ -10,7 +10,6 @@ from rich.console import Console
 
 from automl_prune import __version__
 from automl_prune.errors import AutomlPruneError
-from automl_prune.flops import FLOPS_CONVENTION
 from automl_prune.io import atomic_write_text
 from automl_prune.latency import latency_convention
 from automl_prune.plugins import get_plugins
@@ -18,6 +17,7 @@ from automl_prune.search.config import SearchConfig
 from automl_prune.search.pareto import front_table, pareto_front, write_front
 from automl_prune.search.records import SearchInfo, TrialRecord
 from automl_prune.search.setup import plan_search, prepare_search, resolve_device
+from automl_prune.tasks.base import Task
 
 SEARCH_FILE = "search.json"
 TRIALS_FILE = "trials.jsonl"
@@ -73,11 +73,12 @@ def _resume_config(config: SearchConfig) -> SearchConfig:
     return replace(stored, trials=max(config.trials, stored.trials), quiet=config.quiet)
 
 
-def conventions(device: str) -> dict[str, str]:
+def conventions(device: str, task: Task) -> dict[str, str]:
     import torch
 
     return {
-        "flops": FLOPS_CONVENTION,
+        "flops": task.flops_convention(),
+        "flops_unit": task.flops_unit,
         "latency": latency_convention(resolve_device(device)),
         "quality": "validation split (model selection never uses the test split)",
         "versions": f"automl_prune {__version__}, torch {torch.__version__}",
@@ -104,7 +105,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
         base={},
         max_flops=plan.max_flops,
         config=config.to_dict(),
-        conventions=conventions(config.device),
+        conventions=conventions(config.device, plan.task),
         tracking_uri=config.tracking_uri,
         registered_model=config.registered_model,
     )

@@ -74,15 +74,21 @@ def front_csv(front: Sequence[TrialRecord], info: SearchInfo) -> str:
     return buffer.getvalue()
 
 
+def _unit(info: SearchInfo) -> str:
+    """What one FLOPs figure of this search covers ("forward", "denoising step")."""
+    return info.conventions.get("flops_unit", "forward")
+
+
 def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -> Table:
     """A terminal table of the front with the base model as its first row."""
     base = info.base
     budget = "none" if info.max_flops is None else f"{info.max_flops / 1e6:.3g}M"
     table = Table(
         title=f"Pareto front: {info.strategy} ({len(front)} of {n_trials} trials; budget {budget}; "
-        f"FLOPs = fvcore MACs at batch 1)"
+        f"FLOPs per {_unit(info)} = fvcore MACs at batch 1)"
     )
-    for column in ("trial", f"val {info.quality_metric}", "MFLOPs", "x base", "params (k)", "latency ms"):
+    per = f"MFLOPs/{_unit(info)}"
+    for column in ("trial", f"val {info.quality_metric}", per, "x base", "params (k)", "latency ms"):
         table.add_column(column, justify="right")
     if base:
         table.add_row(
@@ -150,7 +156,7 @@ def plot_front(
         )
     if info.max_flops is not None:
         ax.axvline(info.max_flops / 1e6, ls="--", c="0.4", lw=1, label="FLOPs budget")
-    ax.set_xlabel("MFLOPs (fvcore, multiply-add = 1, batch 1)")
+    ax.set_xlabel(f"MFLOPs per {_unit(info)} (fvcore, multiply-add = 1, batch 1)")
     ax.set_ylabel(f"validation {info.quality_metric}")
     ax.set_title(f"{info.strategy} on {info.config.get('model')} / {info.config.get('data')}")
     ax.grid(alpha=0.3)

@@ -20,9 +20,8 @@ import torch
 from automl_prune.data.base import DataSplits
 from automl_prune.data.registry import load_dataset
 from automl_prune.errors import AutomlPruneError, BudgetError
-from automl_prune.flops import Budget, count_flops, count_params
+from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
-from automl_prune.latency import measure_latency_ms
 from automl_prune.models.base import ModelRef
 from automl_prune.models.pretrained import get_base_model
 from automl_prune.models.registry import build_model
@@ -31,6 +30,7 @@ from automl_prune.progress import Progress
 from automl_prune.search.config import SearchConfig
 from automl_prune.space import SearchSpace, load_space
 from automl_prune.strategy import Context, Strategy
+from automl_prune.tasks import task_for
 from automl_prune.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,17 @@ def plan_search(config: SearchConfig) -> Plan:
     plugins = get_plugins()
     strategy: Strategy = plugins.strategy(config.strategy)()
     data = load_dataset(config.data, **config.data_args)
-    task_name = data.info.task
-    if task_name not in strategy.tasks:
+    task = task_for(config.model, data.info.task)
+    if task.name not in strategy.tasks:
         raise AutomlPruneError(
             f"strategy {strategy.name!r} prunes {', '.join(strategy.tasks)} models, "
-            f"but dataset {config.data!r} is a {task_name} dataset",
+            f"but {config.model!r} on {config.data!r} is a {task.name} model",
             "pick a strategy for this task (`automl-prune plugins` lists each strategy's tasks)",
         )
-    task: Task = plugins.tasks.get(task_name)
     model_ref = ModelRef(config.model, dict(config.model_args))
     architecture = build_model(model_ref, data.info)
-    base_flops = count_flops(architecture, task.example_input(data, 1))
-    space = load_space(config.space or strategy.space).with_overrides(config.overrides)
+    base_flops = task.flops(architecture, data)
+    space = load_space(config.space or strategy.space_for(task.name)).with_overrides(config.overrides)
     budget = Budget.parse(config.max_flops)
     max_flops = budget.resolve(base_flops) if budget else None
     if max_flops is not None:
@@ -164,8 +163,9 @@ def prepare_search(plan: Plan) -> Prepared:
     base = {
         "quality": context.evaluate(model)[plan.task.quality_metric],
         "flops": float(plan.base_flops),
-        "n_params": float(count_params(model)),
-        "latency_ms": measure_latency_ms(model, context.example_input(1)),
+        "n_params": float(plan.task.n_params(model)),
+        **plan.task.cost(model, plan.data),
+        **plan.task.latency(model, plan.data, device),
     }
     return Prepared(plan, context, artifacts, base)
 

@@ -11,9 +11,7 @@ from typing import Any
 import torch
 
 from automl_prune.errors import AutomlPruneError
-from automl_prune.flops import count_params
 from automl_prune.io import atomic_write_text
-from automl_prune.latency import measure_latency_ms
 from automl_prune.pruning.persistence import save_pruned
 from automl_prune.search.records import TrialRecord
 from automl_prune.search.setup import Prepared
@@ -39,9 +37,15 @@ def run_trial(
         if not math.isfinite(candidate.quality):
             raise AutomlPruneError(f"trial {number} produced a non-finite quality ({candidate.quality})")
         model = candidate.model.eval()
+        task = context.task
         candidate.flops = context.flops(model)
-        candidate.params = count_params(model)
-        candidate.latency_ms = measure_latency_ms(model, context.example_input(1))
+        candidate.params = task.n_params(model)
+        timings = task.latency(model, context.data, context.device)
+        candidate.latency_ms = timings.pop("latency_ms")
+        candidate.metrics.update(task.cost(model, context.data) | timings)
+        candidate.figures += task.figures(
+            model, context.model, context.data, Path(context.run_dir) / "figures", context.device
+        )
         model_dir = save_pruned(
             model.cpu(),
             out / "model",

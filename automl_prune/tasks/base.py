@@ -1,31 +1,66 @@
-"""The task contract: how a kind of model is trained and judged.
+"""The task contract: how a kind of model is called, trained, costed and judged.
 
-The core only ever talks to a :class:`Task`, never to a classifier or a GAN directly, so a plugin adds
-a new kind of vision model (image translation, diffusion, text-to-image) by registering a task.
+The core only ever talks to a :class:`Task`, never to a classifier, a GAN or a UNet directly: the task
+gives the example inputs (a tensor, tuple or dict), the training loss, the FLOPs under its stated
+convention, the parameter count and the latency. A plugin adds a new kind of vision model by
+registering a task. :class:`SingleCallTask` implements the parts that are the same for every model
+whose cost is one forward pass (classifiers, image translation).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from automl_prune.data.base import DataSplits
+from automl_prune.errors import DataError
+from automl_prune.flops import FLOPS_CONVENTION, count_flops, count_params
+from automl_prune.latency import measure_latency_ms
+from automl_prune.model_io import Inputs, to_device
 from automl_prune.progress import Progress
+
+SPLITS = ("train", "val", "test")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluate without gradients, then give the model back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def split_dataset(data: DataSplits, split: str) -> Any:
+    """The dataset of ``split``, checked to be a known split and not empty."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    dataset = getattr(data, split)
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split of {data.info.name!r} is empty", "use a larger dataset")
+    return dataset
 
 
 @runtime_checkable
 class Task(Protocol):
-    """A kind of model: its quality metric (always maximised), training, evaluation, and the epochs and
-    learning rate that train a base model and its default batch size (``--base-epochs``, ``--base-lr`` and
-    ``--batch-size`` override them)."""
+    """A kind of model: its quality metric (always maximised), how it is called and costed, its training
+    and evaluation, and the epochs, learning rate and batch size that train a base model (``--base-epochs``,
+    ``--base-lr`` and ``--batch-size`` override them)."""
 
     name: str
     quality_metric: str
-    base_epochs: int  # the recipe a base model is trained with when the user gives no weights
+    base_epochs: int
     base_lr: float
-    batch_size: int  # default batch of training, fine-tuning and evaluation
+    batch_size: int
+    flops_unit: str  # what one FLOPs figure covers, for tables and plots: "forward", "denoising step"
 
     def train(
         self,
@@ -52,6 +87,68 @@ class Task(Protocol):
         """Metrics of ``model`` on ``split`` ("val" or "test"); must include ``quality_metric``."""
         ...
 
-    def example_input(self, data: DataSplits, batch: int = 1) -> torch.Tensor:
-        """A zero input of the task's shape, for tracing, FLOP counting and latency."""
+    def example_input(self, data: DataSplits, batch: int = 1) -> Inputs:
+        """Inputs of one model call (a tensor, tuple or dict), for tracing, FLOP counting and latency."""
         ...
+
+    def loss(self, model: nn.Module, batch: Any, data: DataSplits, device: torch.device) -> torch.Tensor:
+        """The training loss of ``model`` on one training-loader ``batch``: what Taylor importance
+        differentiates."""
+        ...
+
+    def flops(self, model: nn.Module, data: DataSplits) -> int:
+        """FLOPs of ``model`` under the task's convention: the figure budgets and fronts use."""
+        ...
+
+    def cost(self, model: nn.Module, data: DataSplits) -> dict[str, float]:
+        """Further cost figures reported beside ``flops`` (e.g. a whole sampling run)."""
+        ...
+
+    def flops_convention(self) -> str:
+        """What ``flops`` and ``cost`` count, in words (stored with every result)."""
+        ...
+
+    def n_params(self, model: nn.Module) -> int:
+        """Parameters of what inference runs (a GAN's generator, not its discriminator)."""
+        ...
+
+    def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
+        """Timings in ms; ``latency_ms`` (one call at batch 1) first, then any others the task reports."""
+        ...
+
+    def figures(
+        self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device
+    ) -> list[Path]:
+        """Figures of a pruned ``model`` beside its ``base`` for a trial (e.g. a sample grid); may be []."""
+        ...
+
+
+class SingleCallTask:
+    """The contract's parts for models whose cost is one forward pass on one input tensor at batch 1."""
+
+    flops_unit = "forward"
+    batch_size: int
+
+    def example_input(self, data: DataSplits, batch: int = 1) -> Inputs:
+        return torch.zeros(batch, *data.info.input_shape)
+
+    def flops(self, model: nn.Module, data: DataSplits) -> int:
+        device = next(model.parameters()).device
+        return count_flops(model, to_device(self.example_input(data, 1), device))
+
+    def cost(self, model: nn.Module, data: DataSplits) -> dict[str, float]:
+        return {}
+
+    def flops_convention(self) -> str:
+        return FLOPS_CONVENTION
+
+    def n_params(self, model: nn.Module) -> int:
+        return count_params(model)
+
+    def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
+        return {"latency_ms": measure_latency_ms(model, to_device(self.example_input(data, 1), device))}
+
+    def figures(
+        self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device
+    ) -> list[Path]:
+        return []

@@ -9,9 +9,8 @@ soft term's gradients on the scale of the hard term's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,26 +18,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
-from automl_prune.errors import DataError
 from automl_prune.progress import Progress
-
-SPLITS = ("train", "val", "test")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate without gradients, then give the model back in the mode it came in."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
+from automl_prune.tasks.base import SingleCallTask, eval_mode, split_dataset
 
 
 @dataclass(frozen=True)
-class ClassificationTask:
+class ClassificationTask(SingleCallTask):
     """The ``classification`` task; its quality metric is top-1 accuracy in [0, 1]."""
 
     name: str = "classification"
@@ -102,11 +87,7 @@ class ClassificationTask:
     def evaluate(
         self, model: nn.Module, data: DataSplits, split: str, *, batch_size: int, device: torch.device
     ) -> dict[str, float]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        dataset = getattr(data, split)
-        if len(dataset) == 0:
-            raise DataError(f"the {split} split of {data.info.name!r} is empty", "use a larger dataset")
+        dataset = split_dataset(data, split)
         correct, loss_sum = 0, 0.0
         with eval_mode(model.to(device)):
             for images, labels in DataLoader(dataset, batch_size=batch_size):
@@ -116,5 +97,6 @@ class ClassificationTask:
                 correct += (logits.argmax(dim=1) == labels).sum().item()
         return {"accuracy": correct / len(dataset), "loss": loss_sum / len(dataset)}
 
-    def example_input(self, data: DataSplits, batch: int = 1) -> torch.Tensor:
-        return torch.zeros(batch, *data.info.input_shape)
+    def loss(self, model: nn.Module, batch: Any, data: DataSplits, device: torch.device) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(model(images.to(device)), labels.to(device))

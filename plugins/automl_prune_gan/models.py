@@ -14,8 +14,8 @@ enough to train on a CPU. Choices made here:
 
 A :class:`TranslationGAN` bundles the generator with what trains it: a discriminator, and for CycleGAN
 the reverse generator and the second discriminator. Its ``forward`` is the generator's, so FLOPs,
-latency and export see the generator only (the FLOPs convention for GANs); ``inference_module`` tells
-the parameter count the same.
+latency and export see the generator only (the FLOPs convention for GANs); the image-translation task
+counts the generator's parameters only, for the same reason.
 """
 
 from __future__ import annotations
@@ -220,10 +220,6 @@ class TranslationGAN(nn.Module):
     @property
     def objective(self) -> str:
         return "pix2pix" if self.reverse is None else "cyclegan"
-
-    @property
-    def inference_module(self) -> nn.Module:
-        return self.generator
 
     def discriminator_input(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """What the discriminator sees of ``outputs``: conditioned on ``inputs`` for Pix2Pix."""

@@ -23,6 +23,7 @@ below 0.5) and the mean losses to ``model.history``: the G/D balance curve.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
-from automl_prune.errors import DataError
+from automl_prune.errors import AutomlPruneError
+from automl_prune.flops import count_params
 from automl_prune.progress import Progress
-from automl_prune.tasks.classification import SPLITS, eval_mode
+from automl_prune.tasks.base import SingleCallTask, eval_mode, split_dataset
 from automl_prune_gan.metrics import l1, psnr, ssim
 from automl_prune_gan.models import TranslationGAN
 
@@ -72,7 +74,7 @@ class Meter:
 
 
 @dataclass(frozen=True)
-class ImageTranslationTask:
+class ImageTranslationTask(SingleCallTask):
     """The ``image-translation`` task; its quality metric is PSNR in dB."""
 
     name: str = "image-translation"
@@ -194,11 +196,7 @@ class ImageTranslationTask:
     def evaluate(
         self, model: nn.Module, data: DataSplits, split: str, *, batch_size: int, device: torch.device
     ) -> dict[str, float]:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        dataset = getattr(data, split)
-        if len(dataset) == 0:
-            raise DataError(f"the {split} split of {data.info.name!r} is empty", "use a larger dataset")
+        dataset = split_dataset(data, split)
         sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0}
         with eval_mode(model.to(device)):
             for a, b in DataLoader(dataset, batch_size=batch_size):
@@ -209,8 +207,18 @@ class ImageTranslationTask:
                 sums["ssim"] += ssim(out, b) * n
         return {k: v / len(dataset) for k, v in sums.items()}
 
-    def example_input(self, data: DataSplits, batch: int = 1) -> torch.Tensor:
-        return torch.zeros(batch, *data.info.input_shape)
+    def loss(self, model: nn.Module, batch: Any, data: DataSplits, device: torch.device) -> torch.Tensor:
+        """None to give: G and D train adversarially, so no single loss ranks the generator's channels."""
+        raise AutomlPruneError(
+            "image-translation GANs have no single training loss to rank channels by (G and D train "
+            "adversarially against each other)",
+            "use --set criterion=l1 (or l2, random) instead of taylor",
+        )
+
+    def n_params(self, model: nn.Module) -> int:
+        """A GAN counts its generator only: the discriminator(s) and CycleGAN's reverse generator train
+        it and are not deployed (the FLOPs convention for GANs)."""
+        return count_params(model.generator if isinstance(model, TranslationGAN) else model)
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

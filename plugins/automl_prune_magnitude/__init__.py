@@ -1,13 +1,15 @@
 """Magnitude baseline: the strategy every other one is compared against.
 
-Channel importance by L1 or L2 weight magnitude, first-order Taylor (|weight x gradient| on a few
-training batches) or random, from torch-pruning's group importance criteria (summed over every layer a
+Channel importance by L1 or L2 weight magnitude, first-order Taylor (|weight x gradient| of the task's
+training loss on a few training batches; for diffusion, Diff-Pruning's low-noise timesteps, see
+``DiffusionTask.loss``) or random, from torch-pruning's group importance criteria (summed over every layer a
 channel group touches). Channels are kept globally (mean-normalised scores ranked across layers) or
 uniformly (the same ratio per layer) until the exact FLOPs model meets the trial's target; the model is
 sliced physically and fine-tuned with the task's own training for ``finetune_epochs``, the same budget
 the other strategies get. On an image-translation GAN the traced forward is the generator's, so only the
 generator is pruned and its discriminator is fine-tuned unpruned beside it: the G-only baseline of the
-``gan`` strategy.
+``gan`` strategy. On a diffusion UNet every channel group, attention heads included, is pruned in whole
+GroupNorm groups and heads, and fine-tuning uses the denoising loss.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import torch_pruning as tp
 from torch import nn
 
 from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.errors import AutomlPruneError
 from automl_prune.pruning import (
     GatedFlops,
     analyze,
@@ -45,23 +46,18 @@ def _criterion(name: str) -> Any:
 
 
 def _accumulate_gradients(model: nn.Module, context: Context) -> None:
-    """Gradients of the training loss on a few batches, which the Taylor criterion reads."""
-    if context.task.name != "classification":
-        raise AutomlPruneError(
-            f"the taylor criterion needs a classification loss; this is a {context.task.name} model",
-            "use --set criterion=l1 (or l2, random)",
-        )
+    """Gradients of the task's training loss on a few batches, which the Taylor criterion reads."""
     model.zero_grad()
     model.eval()
-    for i, (x, y) in enumerate(context.loader("train", shuffle=True)):
+    for i, batch in enumerate(context.loader("train", shuffle=True)):
         if i == TAYLOR_BATCHES:
             break
-        nn.functional.cross_entropy(model(x.to(context.device)), y.to(context.device)).backward()
+        context.task.loss(model, batch, context.data, context.device).backward()
 
 
 class MagnitudeStrategy(Strategy):
     name = "magnitude"
-    tasks = ("classification", "image-translation")
+    tasks = ("classification", "image-translation", "diffusion")
     space = builtin_space_path("magnitude")
     description = "L1/L2/Taylor/random channel importance, global or uniform, equal-budget fine-tuning"
 

@@ -1,0 +1,62 @@
+"""Layer rules for diffusers' UNet building blocks (see :mod:`automl_prune.pruning.layers`).
+
+- ``Attention``: ``to_q``/``to_k``/``to_v`` lose whole heads only. Its processor computes the head size
+  as ``inner_dim // heads`` and lets ``scaled_dot_product_attention`` scale by ``1/sqrt(head size)``, so
+  the head size must stay and ``heads`` follow the new width; a head whose q, k and v are gated to zero
+  adds exactly nothing, as a removed head does.
+- ``Upsample2D``/``Downsample2D``: their ``channels`` (asserted in forward) and ``out_channels`` follow
+  their conv.
+- ``GEGLU`` (the feed-forward of a transformer block): its ``proj`` output is split in two halves that
+  are multiplied channel by channel, so channel i goes with channel i + inner; it is kept whole (one
+  block of all its channels) until pairs of channels can be pruned together.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from automl_prune.pruning.layers import LayerRule
+
+ATTENTION = "diffusers.models.attention_processor.Attention"
+GEGLU = "diffusers.models.activations.GEGLU"
+RESAMPLERS = ("diffusers.models.upsampling.Upsample2D", "diffusers.models.downsampling.Downsample2D")
+
+
+def _head_dim(attn: nn.Module) -> int:
+    return attn.inner_dim // attn.heads
+
+
+def _attention_units(attn: nn.Module) -> dict[str, int]:
+    return dict.fromkeys(("to_q", "to_k", "to_v"), _head_dim(attn))
+
+
+def _attention_follow(sliced: nn.Module, original: nn.Module) -> None:
+    head = _head_dim(original)
+    sliced.inner_dim = sliced.to_q.out_features
+    sliced.inner_kv_dim = sliced.to_k.out_features
+    sliced.heads = sliced.inner_dim // head
+
+
+def _resampler_follow(sliced: nn.Module, original: nn.Module) -> None:
+    conv = getattr(sliced, "conv", None)
+    if isinstance(conv, nn.modules.conv._ConvNd):
+        sliced.channels, sliced.out_channels = conv.in_channels, conv.out_channels
+
+
+def _whole_projection(geglu: nn.Module) -> dict[str, int]:
+    return {"proj": geglu.proj.out_features}
+
+
+RULES = (
+    LayerRule(GEGLU, units=_whole_projection),
+    LayerRule(
+        ATTENTION,
+        units=_attention_units,
+        follow=_attention_follow,
+        attributes=("heads", "inner_dim", "inner_kv_dim"),
+    ),
+    *(
+        LayerRule(name, follow=_resampler_follow, attributes=("channels", "out_channels"))
+        for name in RESAMPLERS
+    ),
+)
