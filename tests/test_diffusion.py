@@ -162,6 +162,16 @@ def test_taylor_timesteps_stop_where_the_loss_becomes_small() -> None:
     assert kept == list(range(0, 500, task.taylor_stride))
 
 
+def test_taylor_loss_has_gradients_from_the_low_noise_steps(digits16) -> None:
+    task = DiffusionTask()
+    torch.manual_seed(0)
+    model = build_model(ModelRef("ddpm-unet-tiny"), digits16.info)
+    batch = next(iter(torch.utils.data.DataLoader(digits16.train, batch_size=8)))
+    task.loss(model, batch, digits16, torch.device("cpu")).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
 def test_sampling_is_seeded_and_in_range(digits16) -> None:
     model = build_model(ModelRef("ddpm-unet-tiny"), digits16.info)
     a = sample(model, (2, 1, 16, 16), steps=4, seed=7)
