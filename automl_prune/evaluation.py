@@ -45,13 +45,14 @@ def evaluate_saved(
     model = load_pruned(path).to(dev)
     metrics = task.evaluate(model, splits, split, batch_size=batch_size, device=dev)
     timings = task.latency(model, splits, dev)
+    flops = task.flops(model, splits)
     return {
         "model": str(path),
         "data": spec_data,
         "split": split,
         **metrics,
-        "flops": task.flops(model, splits),
-        **task.cost(model, splits),
+        "flops": flops,
+        **task.cost(model, splits, flops),
         "n_params": task.n_params(model),
         **timings,
         "conventions": {"flops": task.flops_convention(), "latency": latency_convention(dev)},

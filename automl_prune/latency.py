@@ -9,20 +9,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from automl_prune.model_io import Inputs, call, positional
+from automl_prune.model_io import Inputs, call, evaluating, positional
 
 
 def measure_latency_ms(
     model: nn.Module, example_input: Inputs, *, repeats: int = 20, warmup: int = 5
 ) -> float:
     """Median wall time of one call of ``model`` on ``example_input`` in milliseconds (eval mode, no grad)."""
-    was_training = model.training
-    model.eval()
     cuda = any(t.is_cuda for t in positional(example_input))
-    try:
+    with evaluating(model):
         return median_ms(lambda: call(model, example_input), repeats=repeats, warmup=warmup, cuda=cuda)
-    finally:
-        model.train(was_training)
 
 
 def median_ms(run: Callable[[], object], *, repeats: int, warmup: int, cuda: bool = False) -> float:

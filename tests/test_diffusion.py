@@ -185,7 +185,8 @@ def test_flops_are_per_step_and_a_run_multiplies_them(digits16) -> None:
     task = DiffusionTask()
     model = build_model(ModelRef("ddpm-unet-tiny"), digits16.info)
     per_step = task.flops(model, digits16)
-    assert task.cost(model, digits16) == {"flops_per_sampling_run": float(per_step * task.sample_steps)}
+    expected = {"flops_per_sampling_run": float(per_step * task.sample_steps)}
+    assert task.cost(model, digits16, per_step) == expected
     assert "per denoising step" in task.flops_convention()
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from automl_prune.errors import AutomlPruneError
+from automl_prune.model_io import evaluating
 
 TRAIN_TIMESTEPS = 1000
 BETA_SCHEDULE = "squaredcos_cap_v2"
@@ -66,13 +67,9 @@ def sample(
     scheduler = sampler(sampler_name, steps)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=generator).to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         for t in scheduler.timesteps:
             timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             eps = model(x, timestep).sample
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
-    finally:
-        model.train(was_training)
     return x.clamp(-1, 1)

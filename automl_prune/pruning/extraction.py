@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from automl_prune.model_io import Inputs, call, main_output, positional
+from automl_prune.model_io import Inputs, call, evaluating, main_output, positional
 from automl_prune.pruning.flops_model import GatedFlops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.graph import DependencyAnalysis
@@ -99,15 +99,10 @@ def repair_to_budget(
 def masked_outputs(model: nn.Module, analysis: DependencyAnalysis, keep: Keep, x: Inputs) -> torch.Tensor:
     """``model``'s (main) output on ``x`` with the channels ``keep`` drops gated to zero (the model stays
     unchanged)."""
-    was_training = model.training
-    model.eval()
     device = next(iter(positional(x))).device
-    try:
-        with ChannelGates(model, analysis) as gates:
-            gates.set({k: v.float().to(device) for k, v in keep.items()})
-            return main_output(call(model, x))
-    finally:
-        model.train(was_training)
+    with evaluating(model), ChannelGates(model, analysis) as gates:
+        gates.set({k: v.float().to(device) for k, v in keep.items()})
+        return main_output(call(model, x))
 
 
 def masked_quality(model: nn.Module, analysis: DependencyAnalysis, keep: Keep, evaluate: Callable) -> float:

@@ -164,7 +164,7 @@ def prepare_search(plan: Plan) -> Prepared:
         "quality": context.evaluate(model)[plan.task.quality_metric],
         "flops": float(plan.base_flops),
         "n_params": float(plan.task.n_params(model)),
-        **plan.task.cost(model, plan.data),
+        **plan.task.cost(model, plan.data, plan.base_flops),
         **plan.task.latency(model, plan.data, device),
     }
     return Prepared(plan, context, artifacts, base)

@@ -42,7 +42,7 @@ def run_trial(
         candidate.params = task.n_params(model)
         timings = task.latency(model, context.data, context.device)
         candidate.latency_ms = timings.pop("latency_ms")
-        candidate.metrics.update(task.cost(model, context.data) | timings)
+        candidate.metrics.update(task.cost(model, context.data, candidate.flops) | timings)
         candidate.figures += task.figures(
             model, context.model, context.data, Path(context.run_dir) / "figures", context.device
         )

@@ -21,7 +21,7 @@ from automl_prune.data.base import DataSplits
 from automl_prune.errors import DataError
 from automl_prune.flops import FLOPS_CONVENTION, count_flops, count_params
 from automl_prune.latency import measure_latency_ms
-from automl_prune.model_io import Inputs, to_device
+from automl_prune.model_io import Inputs, evaluating, to_device
 from automl_prune.progress import Progress
 
 SPLITS = ("train", "val", "test")
@@ -30,13 +30,8 @@ SPLITS = ("train", "val", "test")
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Evaluate without gradients, then give the model back in the mode it came in."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        yield model
 
 
 def split_dataset(data: DataSplits, split: str) -> Any:
@@ -100,8 +95,9 @@ class Task(Protocol):
         """FLOPs of ``model`` under the task's convention: the figure budgets and fronts use."""
         ...
 
-    def cost(self, model: nn.Module, data: DataSplits) -> dict[str, float]:
-        """Further cost figures reported beside ``flops`` (e.g. a whole sampling run)."""
+    def cost(self, model: nn.Module, data: DataSplits, flops: int) -> dict[str, float]:
+        """Further cost figures reported beside ``flops`` (the model's :meth:`flops`, already measured),
+        e.g. a whole sampling run."""
         ...
 
     def flops_convention(self) -> str:
@@ -136,7 +132,7 @@ class SingleCallTask:
         device = next(model.parameters()).device
         return count_flops(model, to_device(self.example_input(data, 1), device))
 
-    def cost(self, model: nn.Module, data: DataSplits) -> dict[str, float]:
+    def cost(self, model: nn.Module, data: DataSplits, flops: int) -> dict[str, float]:
         return {}
 
     def flops_convention(self) -> str:
