@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 
 def load(path: str | Path) -> nn.Module:
-    """Rebuild a pruned model saved by automl_prune (architecture spec JSON + safetensors)."""
+    """Rebuild a pruned model saved by automl_prune (architecture spec JSON + safetensors), or a composite
+    (a manifest, its router and one such directory per part); nothing is unpickled."""
     from automl_prune.pruning.persistence import load_pruned
 
     return load_pruned(path)

@@ -60,3 +60,7 @@ class DataError(AutomlPruneError):
 
 class TrackingError(AutomlPruneError):
     """A tracking server that cannot be reached."""
+
+
+class MetricError(AutomlPruneError):
+    """Inputs a metric cannot be computed on (wrong rank, mismatched shapes, too few samples)."""

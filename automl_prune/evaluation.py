@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.registry import load_dataset
 from automl_prune.errors import AutomlPruneError
+from automl_prune.io import atomic_write_text
 from automl_prune.latency import latency_convention
-from automl_prune.pruning import export_onnx, export_torchscript, load_pruned, read_spec
+from automl_prune.progress import Progress
+from automl_prune.pruning import CompositeModel, export_onnx, export_torchscript, load_pruned, read_spec
+from automl_prune.pruning.persistence import MANIFEST
 from automl_prune.search.setup import resolve_device
 from automl_prune.tasks import task_for
 from automl_prune.tasks.base import Task
@@ -27,7 +31,8 @@ def evaluate_saved(
     path: str | Path, *, data: str | None, split: str, device: str, batch_size: int
 ) -> dict[str, Any]:
     """Quality on ``split`` (test by default in the CLI: this is the final report, not selection),
-    FLOPs, parameters and batch-1 latency of a saved model."""
+    FLOPs, parameters, the task's timings and its costly report (diffusion: Frechet distances) of a
+    saved model, single or composite."""
     spec = read_spec(path)
     meta = spec["metadata"]
     spec_data = data or meta.get("data")
@@ -45,6 +50,7 @@ def evaluate_saved(
     model = load_pruned(path).to(dev)
     metrics = task.evaluate(model, splits, split, batch_size=batch_size, device=dev)
     timings = task.latency(model, splits, dev)
+    report = task.report(model, splits, dev, Progress(quiet=True))
     flops = task.flops(model, splits)
     return {
         "model": str(path),
@@ -55,16 +61,31 @@ def evaluate_saved(
         **task.cost(model, splits, flops),
         "n_params": task.n_params(model),
         **timings,
-        "conventions": {"flops": task.flops_convention(), "latency": latency_convention(dev)},
+        **report,
+        "conventions": {
+            "flops": task.flops_convention(),
+            "latency": latency_convention(dev),
+            **({"report": task.report_convention(splits)} if report else {}),
+        },
     }
 
 
 def export_saved(path: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Export a saved model to ONNX or TorchScript at its recorded input shape, batch 1."""
+    """Export a saved model to ONNX or TorchScript at its recorded input shape, batch 1. A composite is
+    exported as one file per part (``part0.onnx``, ...) beside a copy of its manifest (the router) in
+    the folder ``out`` (default: ``<path>/export-<fmt>``); the path returned is the manifest's."""
     if fmt not in EXPORTERS:
         raise AutomlPruneError(f"unknown export format {fmt!r}", f"use one of {', '.join(EXPORTERS)}")
     spec = read_spec(path)
     exporter, suffix = EXPORTERS[fmt]
-    target = Path(out) if out else Path(path) / f"model{suffix}"
     task, shapes = _saved_task(spec)
-    return exporter(load_pruned(path), task.example_input(shapes), target)
+    model = load_pruned(path)
+    if not isinstance(model, CompositeModel):
+        target = Path(out) if out else Path(path) / f"model{suffix}"
+        return exporter(model, task.example_input(shapes), target)
+    folder = Path(out) if out else Path(path) / f"export-{fmt}"
+    for name, part in zip(spec["parts"], model.parts, strict=True):
+        exporter(part, task.example_input(shapes), folder / f"{name}{suffix}")
+    manifest = {**spec, "parts": [f"{name}{suffix}" for name in spec["parts"]], "export_format": fmt}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
+    return folder / MANIFEST

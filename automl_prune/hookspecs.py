@@ -3,9 +3,10 @@
 Registration hooks receive a ``register`` callback (as in llm and datasette) and call it once per thing
 they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker; only
 ``search_finished`` may return something: a line for the user's terminal. Implement them with
-``automl_prune.hookimpl``::
+``hookimpl`` (plugins import it, like everything else they take from the core, from
+:mod:`automl_prune.api`)::
 
-    from automl_prune import hookimpl
+    from automl_prune.api import hookimpl
 
     @hookimpl
     def register_strategies(register):
@@ -29,8 +30,8 @@ hookimpl = pluggy.HookimplMarker("automl_prune")
 def register_strategies(register: Any) -> None:
     """Register pruning strategies: call ``register(StrategyClass)`` for each.
 
-    A strategy class subclasses :class:`automl_prune.Strategy`; its ``name`` is what users pass to
-    ``--strategy``.
+    A strategy class subclasses :class:`automl_prune.api.Strategy` (the contract is in
+    :mod:`automl_prune.strategy`); its ``name`` is what users pass to ``--strategy``.
     """
 
 
@@ -71,8 +72,15 @@ def register_layer_rules(register: Any) -> None:
 
 
 @hookspec
+def check_search(search: SearchInfo) -> None:
+    """Check, before any training and before anything is written, that what this plugin will need is
+    there (a tracking server that answers, ...); raise an ``AutomlPruneError`` to stop the search."""
+
+
+@hookspec
 def search_started(search: SearchInfo) -> None:
-    """A search is about to run its first trial (also called when a search is resumed)."""
+    """A search is about to run its first trial (also called when a search is resumed); the base model
+    is measured (``search.base``)."""
 
 
 @hookspec

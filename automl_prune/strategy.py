@@ -1,16 +1,32 @@
 """The strategy contract: ``prepare`` once per search, ``run`` once per trial.
 
-A strategy is a class registered through the ``register_strategies`` hook. The orchestrator builds a
-:class:`Context` (base model, data, task, device, seed, run directory, progress), calls
-``prepare(context)`` (its result is cached on disk under a content key, so a second search on the
-same base model reuses it), then calls ``run(context, params, artifacts)`` for every trial with the
-parameters the sampler drew from the strategy's search space. ``run`` returns a :class:`Candidate`:
-the physically pruned model and its quality on the validation split. The orchestrator measures FLOPs,
-parameters and latency itself, with one convention for every strategy.
+A strategy is a class registered through the ``register_strategies`` hook (plugins import everything
+they need from :mod:`automl_prune.api`). The orchestrator builds a :class:`Context` (base model, data,
+task, device, seed, run directory, progress, the search space's budget parameter), then:
+
+- ``prepare(context, settings)`` does the work every trial shares (an explainer, reference features).
+  ``settings`` holds the values of the space parameters the strategy names in ``prepare_params``: the
+  parameters that shape ``prepare``, read from the space's fixed values or defaults. The result is
+  cached on disk under a content key (strategy, ``version``, base weights, data, seed, ``settings`` and
+  ``prepare_key``), so a second search on the same base model reuses it. A trial whose prepare-time
+  values differ (a searched one, or ``--set`` on one) gets artifacts prepared for its own values,
+  through the same cache, once per process (:meth:`Prepared.artifacts_for
+  <automl_prune.search.setup.Prepared.artifacts_for>`).
+- ``run(context, params, artifacts)`` is one trial, with the parameters the sampler drew from the
+  strategy's search space and the artifacts prepared for them. It returns a :class:`Candidate`: the
+  physically pruned model and its quality on the validation split. Most strategies end with
+  :meth:`Context.finish`, the recipe every trial shares: fine-tune with the shared budget
+  (``finetune_epochs``, ``lr``, ``distill``), score val and test, build the Candidate. The FLOPs target
+  is :meth:`Context.target_flops` (the space's budget parameter, whatever its name), figures go to
+  :meth:`Context.figure_path`.
+
+The orchestrator measures FLOPs, parameters and latency itself, with one convention for every strategy.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,15 +36,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
+from automl_prune.errors import SpaceError
 from automl_prune.model_io import Inputs, to_device
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
 from automl_prune.tasks.base import Task
 
+#: The space parameters of the fine-tuning budget every compared strategy shares (:meth:`Context.finish`):
+#: epochs, learning rate, and whether to distil from the base model (False when a space has no ``distill``).
+FINETUNE_PARAMS = ("finetune_epochs", "lr", "distill")
+
 
 @dataclass
 class Context:
-    """Everything a strategy may use. ``model`` is the trained base model: copy it before changing it."""
+    """Everything a strategy may use. ``model`` is the trained base model: copy it before changing it.
+
+    ``budget_param`` names the search space's budget parameter (``budget:`` in the space file), whose
+    value is a trial's FLOPs target as a ratio of ``base_flops``; read it with :meth:`budget_ratio` or
+    :meth:`target_flops`, never by name.
+    """
 
     model: nn.Module
     model_ref: ModelRef
@@ -42,6 +68,7 @@ class Context:
     base_flops: int
     max_flops: float | None = None
     batch_size: int = 64
+    budget_param: str | None = None
 
     def example_input(self, batch: int = 1) -> Inputs:
         """The task's example inputs of one model call (a tensor, tuple or dict) on the device."""
@@ -90,6 +117,67 @@ class Context:
         metrics = {**{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()}}
         return val[self.task.quality_metric], metrics
 
+    def budget_ratio(self, params: Mapping[str, Any]) -> float:
+        """The trial's budget as a ratio of the base model's: the value of the space's budget parameter."""
+        if self.budget_param is None:
+            raise SpaceError(
+                "the search space names no budget parameter, so a trial has no FLOPs target",
+                "add `budget: NAME` to the space file, NAME being the float parameter of the target ratio",
+            )
+        return float(params[self.budget_param])
+
+    def target_flops(self, params: Mapping[str, Any]) -> float:
+        """The trial's absolute FLOPs target: :meth:`budget_ratio` times ``base_flops``."""
+        return self.budget_ratio(params) * self.base_flops
+
+    def figure_path(self, stem: str, suffix: str = ".png") -> Path:
+        """A fresh path for a trial's figure: ``RUN_DIR/figures/STEM_<12 hex digits>SUFFIX``, unique per
+        call, so trials running side by side (Ray) never overwrite each other's figures."""
+        return Path(self.run_dir) / "figures" / f"{stem}_{uuid.uuid4().hex[:12]}{suffix}"
+
+    def finetune_trial(self, model: nn.Module, params: Mapping[str, Any]) -> nn.Module:
+        """:meth:`finetune` with the budget the trial's ``params`` give (:data:`FINETUNE_PARAMS`):
+        ``finetune_epochs`` epochs at ``lr``, distilled from the base model when ``distill`` is true
+        (False when the space has no ``distill``)."""
+        return self.finetune(
+            model,
+            epochs=int(params["finetune_epochs"]),
+            lr=float(params["lr"]),
+            distill=bool(params.get("distill", False)),
+        )
+
+    def finish(
+        self,
+        model: nn.Module,
+        params: Mapping[str, Any],
+        *,
+        target_flops: float | None,
+        metrics: Mapping[str, float] | None = None,
+        spec: Mapping[str, Any] | None = None,
+        figures: Iterable[Path] = (),
+        finetune: bool = True,
+    ) -> Candidate:
+        """The end every trial shares: fine-tune ``model`` in place with the shared budget
+        (:meth:`finetune_trial`; ``finetune=False`` for a strategy that has trained it its own way), put
+        it in eval mode, score it on val and test (:meth:`scores`) and build the :class:`Candidate`.
+
+        ``metrics`` are added after the ``val_*``/``test_*`` scores; ``spec`` and ``figures`` go into the
+        Candidate as they are. A strategy may add more to the returned Candidate (metrics measured on
+        the fine-tuned model, figures of it).
+        """
+        if finetune:
+            self.finetune_trial(model, params)
+        model.eval()
+        quality, scores = self.scores(model)
+        return Candidate(
+            model=model,
+            quality=quality,
+            target_flops=target_flops,
+            metrics={**scores, **(metrics or {})},
+            spec=dict(spec or {}),
+            figures=list(figures),
+        )
+
 
 @dataclass
 class Candidate:
@@ -119,6 +207,9 @@ class Strategy:
         tasks: the task names it can prune (``classification``, ``image-translation``, ...).
         space: path of its default search-space YAML (``space_for`` finds a task-specific one).
         version: bump it when ``prepare`` changes, so cached artifacts are not reused.
+        prepare_params: the names of its space parameters that shape ``prepare`` (an explainer's
+            epochs, a reference set's size); ``prepare`` gets their values as ``settings``. Every space
+            the strategy searches must hold them.
     """
 
     name: ClassVar[str]
@@ -126,6 +217,7 @@ class Strategy:
     space: ClassVar[Path]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+    prepare_params: ClassVar[tuple[str, ...]] = ()
 
     def space_for(self, task: str) -> Path:
         """The default search space for pruning a ``task`` model: ``NAME.TASK.yaml`` beside ``space``
@@ -135,17 +227,23 @@ class Strategy:
         return specific if specific.is_file() else self.space
 
     def prepare_key(self, context: Context) -> dict[str, Any]:
-        """Settings besides the base model and data that change what ``prepare`` computes."""
+        """Inputs of ``prepare`` that are neither the base model, the data, the seed nor ``settings`` (e.g. a
+        file named by an environment variable): they go into the cache key. Most strategies need none."""
         return {}
 
-    def prepare(self, context: Context) -> dict[str, Any]:
-        """Work shared by all trials (an explainer, a similarity matrix). Must be torch.save-able."""
+    def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
+        """Work shared by all trials (an explainer, reference features), for the prepare-time parameter
+        values ``settings`` (``{name: value}`` for each of ``prepare_params``). Must be torch.save-able
+        (tensors, numbers, strings, lists and dicts of them): it is cached on disk."""
         return {}
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
-        """One trial: prune ``context.model`` as ``params`` say, fine-tune, and measure quality."""
+        """One trial: prune ``context.model`` as ``params`` say, fine-tune, and measure quality.
+        ``artifacts`` are what ``prepare`` returned for the prepare-time values in ``params``."""
         raise NotImplementedError
 
-    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float | None:
-        """The fewest FLOPs this strategy can reach on ``context.model`` (None if unknown)."""
+    def min_flops(self, architecture: nn.Module, example: Inputs) -> float | None:
+        """The fewest FLOPs this strategy can reach on ``architecture`` called with ``example`` (None if
+        unknown). Called on an untrained copy before any training, so an unreachable budget fails early:
+        only the architecture may matter, not the weights."""
         return None

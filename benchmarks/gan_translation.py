@@ -81,11 +81,12 @@ def run(
     """One pruned GAN; metrics the ``gan`` strategy computes itself are computed the same way here."""
     context = replace(prepared.context, seed=seed)
     torch.manual_seed(seed)
-    candidate = prepared.plan.strategy.run(context, params, prepared.artifacts)
+    candidate = prepared.plan.strategy.run(context, params, prepared.artifacts_for(params))
     model = candidate.model.eval()
     metrics = dict(candidate.metrics)
     if "test_fd_disc" not in metrics:  # the magnitude strategy knows nothing of GANs
-        metrics |= gan.plan.strategy.translation_metrics(context, context.model, model, fid_images)
+        reference = gan.artifacts_for({"fid_images": fid_images})["fid"]
+        metrics |= gan.plan.strategy.translation_metrics(context, context.model, model, reference)
         metrics["d_flops_ratio"] = 1.0
     history = model.history[-epochs:]  # a GAN copied from a base trained in this process carries its curve
     flops = count_flops(model, context.example_input(1))
@@ -166,8 +167,9 @@ def main() -> None:
     base = prepared["gan"].base
     context = prepared["gan"].context
     _, base_metrics = context.scores(context.model)
+    reference = prepared["gan"].artifacts_for({"fid_images": args.fid_images})["fid"]
     base_metrics |= prepared["gan"].plan.strategy.translation_metrics(
-        context, context.model, context.model, args.fid_images
+        context, context.model, context.model, reference
     )
     print("base model:", {k: round(v, 4) for k, v in base_metrics.items() if k.startswith("test_")})
     print(

@@ -60,7 +60,7 @@ def run(
 ) -> dict[str, float]:
     context = replace(prepared.context, seed=seed)
     torch.manual_seed(seed)
-    candidate = prepared.plan.strategy.run(context, params, prepared.artifacts)
+    candidate = prepared.plan.strategy.run(context, params, prepared.artifacts_for(params))
     model = candidate.model.eval()
     example = context.example_input(1)
     flops = count_flops(model, example)

@@ -10,13 +10,24 @@ from torch import nn
 
 import automl_prune
 from automl_prune.data.registry import load_dataset
+from automl_prune.diffusion.sample_quality import encoder_for, first_images, frechet_distances
 from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample, sampler_timesteps
-from automl_prune.diffusion.task import DiffusionTask
+from automl_prune.diffusion.task import DiffusionTask, unit_range
 from automl_prune.errors import ModelError
+from automl_prune.evaluation import evaluate_saved, export_saved
 from automl_prune.flops import count_flops
+from automl_prune.frechet import encode_in_batches, frechet_distance
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model
-from automl_prune.pruning import GatedFlops, analyze, save_pruned, slice_checked
+from automl_prune.pruning import (
+    CompositeModel,
+    GatedFlops,
+    TimestepRouter,
+    analyze,
+    read_spec,
+    save_pruned,
+    slice_checked,
+)
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
 from automl_prune.tasks import task_for
@@ -116,6 +127,88 @@ def test_pruned_unet_saves_and_loads_without_pickle(digits16, tmp_path) -> None:
     assert attention_heads(loaded) == attention_heads(sliced)
     with torch.no_grad():
         assert torch.equal(loaded(*batch).sample, sliced(*batch).sample)
+
+
+def two_expert_composite(digits16) -> CompositeModel:
+    """Two differently pruned tiny UNets: the first serves t < 300, the second the rest."""
+    task = task_for("ddpm-unet-tiny", "classification")
+    model = build_model(ModelRef("ddpm-unet-tiny"), digits16.info).eval()
+    batch = (torch.randn(2, 1, 16, 16), torch.tensor([10, 900]))
+    parts = [check_prunes_exactly(model, task.example_input(digits16), batch, seed=s) for s in (3, 4)]
+    return CompositeModel(parts, TimestepRouter([0, 300, TRAIN_TIMESTEPS])).eval()
+
+
+def test_composite_of_two_pruned_unets_saves_and_loads_without_pickle(digits16, tmp_path) -> None:
+    composite = two_expert_composite(digits16)
+    ref = ModelRef("ddpm-unet-tiny")
+    path = save_pruned(composite, tmp_path / "moe", model_ref=ref, info=digits16.info, metadata={"trial": 1})
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "part0", "part1"]
+    assert not [f for f in path.rglob("*") if f.suffix in (".pt", ".pkl", ".pth")]
+    loaded = automl_prune.load(path)
+    assert isinstance(loaded, CompositeModel) and loaded.router.boundaries == [0, 300, TRAIN_TIMESTEPS]
+    x = torch.randn(4, 1, 16, 16)
+    t = torch.tensor([5, 950, 299, 300])  # both experts in one batch, and either side of the boundary
+    with torch.no_grad():
+        out = loaded(x, t).sample
+        assert torch.equal(out, composite(x, t).sample)
+        first, second = composite.parts
+        assert torch.equal(out[[0, 2]], first(x[[0, 2]], t[[0, 2]]).sample)
+        assert torch.equal(out[[1, 3]], second(x[[1, 3]], t[[1, 3]]).sample)
+    assert read_spec(path)["metadata"] == {"trial": 1}
+
+
+def test_composite_flops_average_the_sampler_steps_each_part_serves(digits16) -> None:
+    task = DiffusionTask()
+    composite = two_expert_composite(digits16)
+    steps = torch.tensor(sampler_timesteps(task.sampler, task.sample_steps))
+    low = int((steps < 300).sum())
+    flops = [task.flops(part, digits16) for part in composite.parts]
+    assert flops[0] != flops[1] and 0 < low < len(steps)
+    expected = (low * flops[0] + (len(steps) - low) * flops[1]) / len(steps)
+    assert task.flops(composite, digits16) == round(expected)
+
+
+def test_composite_is_evaluated_and_exported_one_file_per_part(digits16, tmp_path) -> None:
+    path = save_pruned(
+        two_expert_composite(digits16),
+        tmp_path / "moe",
+        model_ref=ModelRef("ddpm-unet-tiny"),
+        info=digits16.info,
+        metadata={"data": "digits", "data_args": {"size": 16}},
+    )
+    report = evaluate_saved(path, data=None, split="test", device="cpu", batch_size=128)
+    assert report["flops"] == DiffusionTask().flops(automl_prune.load(path), digits16)
+    assert report["mse"] > 0 and report["fd_test"] > 0 and "sampling_ms" in report
+    manifest = export_saved(path, "torchscript", tmp_path / "export")
+    assert json.loads(manifest.read_text())["parts"] == ["part0.pt", "part1.pt"]
+    part = torch.jit.load(str(tmp_path / "export" / "part1.pt"))
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([700])
+    with torch.no_grad():
+        expected = automl_prune.load(path).parts[1](x, t).sample
+        assert torch.allclose(part(x, t), expected, atol=1e-5)
+
+
+def test_frechet_distance_on_a_classifier_of_the_data_separates_noise_from_digits(digits16) -> None:
+    encoder = encoder_for(digits16, torch.device("cpu"), _quiet())
+    assert "plain-cnn classifier trained on digits" in encoder.name
+    extra = digits16.info.extra
+    real = {s: unit_range(first_images(digits16, s, 64), extra) for s in ("val", "test")}
+    between_splits = frechet_distance(
+        encode_in_batches(encoder, real["val"]), encode_in_batches(encoder, real["test"])
+    )
+    untrained = build_model(ModelRef("ddpm-unet-tiny"), digits16.info)
+    fd = frechet_distances(
+        untrained,
+        encoder,
+        real,
+        shape=(1, 16, 16),
+        sampler_name="ddim",
+        steps=4,
+        device=torch.device("cpu"),
+        n=64,
+    )
+    assert fd["fd_samples"] == 64
+    assert fd["fd_val"] > 5 * between_splits and fd["fd_test"] > 5 * between_splits
 
 
 def test_denoising_metric_is_deterministic_and_per_interval(digits16) -> None:

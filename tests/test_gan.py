@@ -13,7 +13,6 @@ import pytest
 import torch
 from automl_prune_gan import INCEPTION_ENV, GANStrategy
 from automl_prune_gan.agents import PeerAgents, density_discriminator, search_agents
-from automl_prune_gan.fid import default_inception_path
 from automl_prune_gan.models import PatchDiscriminator, TranslationGAN, cyclegan, pix2pix
 from automl_prune_gan.neighbours import is_binary, neighbours, tuple_of
 from automl_prune_gan.task import ImageTranslationTask
@@ -22,6 +21,7 @@ import automl_prune
 from automl_prune.data.base import DataInfo
 from automl_prune.errors import AutomlPruneError, ModelError
 from automl_prune.flops import count_flops, count_params
+from automl_prune.frechet import default_inception_path
 from automl_prune.progress import Progress
 from automl_prune.pruning import ChannelGates, GatedFlops, analyze, slice_model
 from automl_prune.search.config import SearchConfig
@@ -342,7 +342,7 @@ def test_gan_strategy_refuses_a_classifier(tmp_path: Path) -> None:
             SearchConfig(strategy="gan", model="resnet20", data="digits", out=str(tmp_path), quiet=True)
         )
     with pytest.raises(ModelError, match="GAN model"):
-        GANStrategy().min_flops(type("C", (), {"model": torch.nn.Conv2d(1, 1, 1)})(), {})
+        GANStrategy().min_flops(torch.nn.Conv2d(1, 1, 1), torch.zeros(1, 1, 4, 4))
 
 
 def test_magnitude_baseline_prunes_only_the_generator_of_a_gan(tmp_path: Path) -> None:

@@ -14,19 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from automl_prune_gan.fid import (
-    INCEPTION_DIM,
-    INCEPTION_SIZE,
-    FeatureEncoder,
-    FunctionEncoder,
-    InceptionEncoder,
-    InceptionUnavailableError,
-    default_inception_path,
-    encode_in_batches,
-    fid,
-    frechet_distance,
-    tf_bilinear_resize,
-)
 from automl_prune_gan.metrics import (
     PSNR_MAX_DB,
     MetricError,
@@ -43,6 +30,19 @@ from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
 
 from automl_prune.errors import AutomlPruneError
+from automl_prune.frechet import (
+    INCEPTION_DIM,
+    INCEPTION_SIZE,
+    FeatureEncoder,
+    FunctionEncoder,
+    InceptionEncoder,
+    InceptionUnavailableError,
+    default_inception_path,
+    encode_in_batches,
+    fid,
+    frechet_distance,
+    tf_bilinear_resize,
+)
 
 
 def _to_signed(img01: np.ndarray) -> torch.Tensor:

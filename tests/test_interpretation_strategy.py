@@ -43,14 +43,14 @@ def small_space(path: Path, **values: Any) -> Path:
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     out = tmp_path_factory.mktemp("isp")
     space = small_space(out / "space.yaml", **SMALL)
-    with pytest.MonkeyPatch.context() as mp:  # prepare reads its settings from the strategy's space
+    with pytest.MonkeyPatch.context() as mp:  # the search's space, whose values prepare gets
         mp.setattr(InterpretationStrategy, "space", space)
         return small_search(out, "interpretation")
 
 
 def trial(prepared: Prepared, **params: Any) -> Candidate:
     merged = {**prepared.plan.space.defaults(), "finetune_epochs": 0, **params}
-    return prepared.plan.strategy.run(prepared.context, merged, prepared.artifacts)
+    return prepared.plan.strategy.run(prepared.context, merged, prepared.artifacts_for(merged))
 
 
 def test_prepare_stores_pairs_and_explainer(prepared: Prepared) -> None:

@@ -54,7 +54,7 @@ def test_fine_tuning_recovers_accuracy(prepared: Prepared) -> None:
 
 def test_min_flops_is_what_slicing_reaches(prepared: Prepared, tmp_path: Path) -> None:
     context = prepared.context
-    smallest = prepared.plan.strategy.min_flops(context, prepared.artifacts)
+    smallest = prepared.plan.strategy.min_flops(context.model, context.example_input(1))
     params = {**prepared.plan.space.defaults(), "target_flops_ratio": 1e-6, "finetune_epochs": 0}
     candidate = prepared.plan.strategy.run(context, params, prepared.artifacts)
     assert count_flops(candidate.model, context.example_input(1)) == smallest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
@@ -41,3 +42,36 @@ def test_plugins_command_lists_sources_and_failures(tmp_path: Path) -> None:
     assert "toy-keep-first" in out.stdout and "automl-prune-toy" in out.stdout
     assert "magnitude" in out.stdout and "classification" in out.stdout
     assert "plugin 'broken'" in out.stdout and "failed to load" in out.stdout
+
+
+#: The core modules plugins may import: the plugin API and the pruning toolbox.
+PLUGIN_API = {"automl_prune.api", "automl_prune.pruning"}
+
+
+def _core_imports(path: Path) -> list[str]:
+    """``file:line module`` for every import of a core module in ``path`` outside :data:`PLUGIN_API`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+            if node.module == "automl_prune":  # from automl_prune import api, pruning, Strategy...
+                modules = [f"automl_prune.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [
+            f"{path.parent.name}/{path.name}:{node.lineno} {m}"
+            for m in modules
+            if (m == "automl_prune" or m.startswith("automl_prune.")) and m not in PLUGIN_API
+        ]
+    return found
+
+
+def test_plugins_import_the_core_only_through_the_plugin_api() -> None:
+    """Built-in plugins use only ``automl_prune.api`` and ``automl_prune.pruning`` (and their own
+    package), like a third-party plugin would: no private helper or internal module of the core."""
+    files = sorted((Path(__file__).parents[1] / "plugins").rglob("*.py"))
+    assert files
+    offending = [hit for path in files for hit in _core_imports(path)]
+    assert not offending, "plugins import core modules other than the plugin API:\n" + "\n".join(offending)

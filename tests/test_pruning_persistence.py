@@ -143,3 +143,49 @@ def test_onnx_export_is_valid_and_matches(tmp_path: Path) -> None:
     (result,) = session.run(None, {session.input_names[0]: example().numpy()})
     assert torch.allclose(torch.from_numpy(result), outputs(model)[:1], atol=1e-4)
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+class Scale(nn.Module):
+    """A per-channel scale: a layer type the toolbox does not know, as a plugin might prune one."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+def scaled_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), Scale(8), nn.Conv2d(8, 4, 1))
+
+
+def test_a_layer_rule_makes_a_plugin_layer_type_rebuildable(tmp_path: Path, monkeypatch) -> None:
+    from automl_prune.plugins import get_plugins
+    from automl_prune.pruning.layers import LayerRule
+
+    model = scaled_net()
+    keep = [0, 2, 3, 7]
+    with torch.no_grad():
+        narrow = nn.Sequential(nn.Conv2d(3, 4, 3), Scale(4), nn.Conv2d(4, 4, 1))
+        narrow[0].weight.copy_(model[0].weight[keep])
+        narrow[0].bias.copy_(model[0].bias[keep])
+        narrow[1].weight.copy_(model[1].weight[keep])
+        narrow[2].weight.copy_(model[2].weight[:, keep])
+        narrow[2].bias.copy_(model[2].bias)
+    ref = ModelRef(f"{__name__}:scaled_net")
+    with pytest.raises(CheckpointError, match="Scale"):
+        save_pruned(narrow, tmp_path / "without", model_ref=ref, info=CIFAR)
+    rule = LayerRule(type=f"{__name__}.Scale", rebuild=("channels",))
+    monkeypatch.setattr(get_plugins(), "layer_rules", [*get_plugins().layer_rules, rule])
+    path = save_pruned(narrow, tmp_path / "with", model_ref=ref, info=CIFAR)
+    assert read_spec(path)["modules"]["1"] == {"type": f"{__name__}.Scale", "channels": 4}
+    x = torch.randn(2, 3, 8, 8)
+    loaded = load_pruned(path)
+    assert isinstance(loaded[1], Scale) and loaded[1].channels == 4
+    with torch.no_grad():
+        assert torch.equal(loaded(x), narrow(x))
+    monkeypatch.setattr(get_plugins(), "layer_rules", [r for r in get_plugins().layer_rules if r is not rule])
+    with pytest.raises(CheckpointError, match="install the plugin"):
+        load_pruned(path)

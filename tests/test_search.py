@@ -151,3 +151,77 @@ def test_repeated_parameters_are_not_run_twice() -> None:
     assert counted_trials(study) == 2
     repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert all(t.state.name == "PRUNED" for t in repeats)
+
+
+@pytest.mark.parametrize(("model", "data_args"), [("resnet20", {}), ("ddpm-unet-tiny", {"size": 16})])
+def test_unreachable_budget_fails_before_base_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, data_args: dict
+) -> None:
+    """The smallest reachable FLOPs depend on the architecture only, so no base model is trained (and
+    no run directory is made) before the budget is found unreachable."""
+    from automl_prune.errors import BudgetError
+    from automl_prune.search import setup
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the base model was built before the budget check")
+
+    monkeypatch.setattr(setup, "get_base_model", no_training)
+    config = SearchConfig(
+        strategy="magnitude",
+        model=model,
+        data="digits",
+        data_args=data_args,
+        out=str(tmp_path / "run"),
+        max_flops="0.002",
+        overrides=["target_flops_ratio=0.001..0.002"],
+        quiet=True,
+    )
+    with pytest.raises(BudgetError, match="reaches at its smallest"):
+        run_search(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_trials_get_artifacts_prepared_for_their_prepare_time_values(
+    toy_plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare`` gets the space's initial values of ``prepare_params``; a trial with other values gets
+    artifacts prepared for them, once per process, through the disk cache a later search reuses."""
+    from automl_prune_toy import KeepFirst
+
+    from automl_prune.search.setup import plan_search, prepare_search
+
+    log = tmp_path / "prepare.log"
+    monkeypatch.setenv("TOY_PREPARE_LOG", str(log))
+    monkeypatch.setenv("AUTOML_PRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(KeepFirst, "prepare_params", ("width_ratio",))
+
+    def calls() -> int:
+        return len(log.read_text().splitlines())
+
+    prepared = prepare_search(plan_search(toy_config(tmp_path / "first")))
+    assert prepared.settings == {"width_ratio": 0.5} and calls() == 1
+    assert prepared.artifacts_for({"width_ratio": 0.5}) is prepared.artifacts
+    other = prepared.artifacts_for({"width_ratio": 0.75})
+    assert other is not prepared.artifacts and calls() == 2
+    assert prepared.artifacts_for({"width_ratio": 0.75}) is other and calls() == 2  # kept in memory
+    again = prepare_search(plan_search(toy_config(tmp_path / "second")))
+    again.artifacts_for({"width_ratio": 0.75})
+    assert calls() == 2  # both from the disk cache
+    context = prepared.context
+    assert context.budget_param == "width_ratio"
+    assert context.target_flops({"width_ratio": 0.25}) == 0.25 * context.base_flops
+    a, b = context.figure_path("toy"), context.figure_path("toy", ".svg")
+    assert a.parent == b.parent == Path(context.run_dir) / "figures" and a.suffix == ".png" and a != b
+
+
+def test_a_space_without_the_prepare_params_fails_at_plan_time(
+    toy_plugin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from automl_prune_toy import KeepFirst
+
+    from automl_prune.errors import SpaceError
+    from automl_prune.search.setup import plan_search
+
+    monkeypatch.setattr(KeepFirst, "prepare_params", ("explainer_epochs",))
+    with pytest.raises(SpaceError, match="explainer_epochs"):
+        plan_search(toy_config(tmp_path / "run"))

@@ -257,11 +257,10 @@ def test_nothing_registered_when_no_point_is_within_budget(tmp_path: Path) -> No
 
 def test_resume_reopens_the_same_parent_and_logs_each_trial_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    search = make_search(run_dir, base={})  # the orchestrator measures the base after search_started
+    search = make_search(run_dir, base={"quality": 0.9, "flops": 2000.0})  # measured before search_started
     t0, t1 = make_trial(run_dir, 0, 0.7, 900), make_trial(run_dir, 1, 0.8, 1000)
     plugin.search_started(search=search)
     parent_id = read_parent_run_id(run_dir)
-    search.base = {"quality": 0.9, "flops": 2000.0}
     plugin.trial_finished(search=search, trial=t0)
     # interrupted here; the resumed search starts again and the orchestrator reports trial 0 again
     plugin.search_started(search=search)

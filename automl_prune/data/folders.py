@@ -24,7 +24,9 @@ from automl_prune.errors import DataError
 HOLDOUT = 0.15  # fraction of the images held out for val (and for test, when there is no test folder)
 
 
-def _folder(arg: str | None, kind: str) -> Path:
+def dataset_folder(arg: str | None, kind: str) -> Path:
+    """The folder after the colon of ``--data KIND:PATH``, checked to exist (a DataError says how to fix
+    it otherwise); ``~`` is expanded."""
     if not arg:
         raise DataError(f"the {kind} dataset needs a folder", f"use --data {kind}:PATH")
     root = Path(arg).expanduser()
@@ -33,12 +35,14 @@ def _folder(arg: str | None, kind: str) -> Path:
     return root
 
 
-def _images(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively, by torchvision's image extensions), sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
 
 
-def _first_image(root: Path) -> Path:
-    images = _images(root)
+def first_image(root: Path) -> Path:
+    """The first of :func:`image_files` of ``root`` (e.g. to read the image size); a DataError if none."""
+    images = image_files(root)
     if not images:
         raise DataError(f"no images in {root}", f"put image files ({', '.join(IMG_EXTENSIONS)}) there")
     return images[0]
@@ -74,8 +78,8 @@ def _hold_out(
 
 def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3, seed: int = 0) -> DataSplits:
     """Class-per-subfolder images resized to ``size`` x ``size`` (default: the first image's size)."""
-    root = _folder(arg, "folder")
-    image_size = image_size_of(_first_image(root), size)
+    root = dataset_folder(arg, "folder")
+    image_size = image_size_of(first_image(root), size)
     transform = file_transform(image_size, channels)
 
     def build(folder: Path) -> ImageFolder:
@@ -113,8 +117,8 @@ class PairedImages(Dataset):
     """``(a, b)`` tensor pairs from the folders ``a_dir`` and ``b_dir``, matched by file name."""
 
     def __init__(self, a_dir: Path, b_dir: Path, transform_a: Callable, transform_b: Callable) -> None:
-        a_names = {p.relative_to(a_dir) for p in _images(a_dir)}
-        b_names = {p.relative_to(b_dir) for p in _images(b_dir)}
+        a_names = {p.relative_to(a_dir) for p in image_files(a_dir)}
+        b_names = {p.relative_to(b_dir) for p in image_files(b_dir)}
         unmatched = sorted(a_names ^ b_names)
         if unmatched:
             shown = ", ".join(str(p) for p in unmatched[:5])
@@ -157,9 +161,9 @@ def paired_folder(
     seed: int = 0,
 ) -> DataSplits:
     """Paired images for image translation; ``info.extra["out_channels"]`` is the channels of B."""
-    root = _folder(arg, "paired")
+    root = dataset_folder(arg, "paired")
     out_channels = out_channels or channels
-    image_size = image_size_of(_first_image(root), size)
+    image_size = image_size_of(first_image(root), size)
     transform_a, transform_b = file_transform(image_size, channels), file_transform(image_size, out_channels)
     train, val, test = layout_splits(
         root, lambda folder: PairedImages.from_folder(folder, transform_a, transform_b), lambda _: None, seed

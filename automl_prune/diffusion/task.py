@@ -12,9 +12,12 @@ normalisation the dataset records (``DataInfo.extra`` mean/std); labels are igno
   timestep) pairs, one pair per image drawn from a generator seeded by the split, so every model is
   scored on exactly the same problems. ``mse`` and the MSE per quarter of the timesteps
   (``mse_t0_249`` ... ``mse_t750_999``) are reported beside it.
-- Cost: FLOPs of one UNet call at batch 1 (one denoising step, the budget's unit), and of a whole
+- Cost: FLOPs of one UNet call at batch 1 (one denoising step, the budget's unit; for a composite of
+  UNets serving different timesteps, the mean over the sampler's timesteps), and of a whole
   sampling run at the stated sampler and step count (no classifier-free guidance here, so one call per
   step). Latency: one step at batch 1 and at batch 16, and one sampling run at batch 1.
+- Reported beside the quality (:meth:`report`, not used for selection): Frechet distances of samples to
+  the validation and test images on a fixed encoder (:mod:`.sample_quality`).
 - Taylor importance (``loss``): Diff-Pruning's rule. The denoising loss of one batch is evaluated
   (without gradients) at t = 0, ``taylor_stride``, 2 * ``taylor_stride``, ... and the timesteps up to the
   first whose loss falls below ``taylor_threshold`` (0.05, the paper's CIFAR-10 value) times the largest
@@ -37,12 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
-from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample
+from automl_prune.diffusion.sample_quality import FD_SAMPLES, encoder_for, first_images, frechet_distances
+from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample, sampler_timesteps
 from automl_prune.figures import save_sample_grid
 from automl_prune.flops import FLOPS_CONVENTION
 from automl_prune.latency import measure_latency_ms, median_ms
 from automl_prune.model_io import Inputs, to_device
 from automl_prune.progress import Progress
+from automl_prune.pruning.composite import CompositeModel
 from automl_prune.tasks.base import SPLITS, SingleCallTask, eval_mode, split_dataset
 
 INTERVALS = 4  # timestep quarters the denoising MSE is reported on
@@ -175,6 +180,19 @@ class DiffusionTask(SingleCallTask):
                 kept.append(t)
         return kept
 
+    def flops(self, model: nn.Module, data: DataSplits) -> int:
+        """One UNet call at batch 1; for a composite whose parts serve different timesteps, the mean over
+        the sampler's actual timesteps: sum over parts of (steps served x the part's FLOPs) / steps."""
+        if not isinstance(model, CompositeModel):
+            return SingleCallTask.flops(self, model, data)
+        served = model.router.parts_of(torch.tensor(sampler_timesteps(self.sampler, self.sample_steps)))
+        total = sum(
+            int((served == i).sum()) * SingleCallTask.flops(self, part, data)
+            for i, part in enumerate(model.parts)
+            if (served == i).any()
+        )
+        return round(total / len(served))
+
     def cost(self, model: nn.Module, data: DataSplits, flops: int) -> dict[str, float]:
         return {"flops_per_sampling_run": float(flops * self.sample_steps)}
 
@@ -182,6 +200,36 @@ class DiffusionTask(SingleCallTask):
         return (
             f"per denoising step: one UNet call, {FLOPS_CONVENTION}; flops_per_sampling_run: "
             f"{self.sample_steps} {self.sampler.upper()} steps, one call each (no classifier-free guidance)"
+        )
+
+    def report(
+        self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress
+    ) -> dict[str, float]:
+        """``fd_val``/``fd_test``: Frechet distances of samples to real images (:mod:`.sample_quality`)."""
+        encoder = encoder_for(data, device, progress)
+        if encoder is None:
+            return {}
+        real = {
+            split: unit_range(first_images(data, split, FD_SAMPLES), data.info.extra) for split in SPLITS[1:]
+        }
+        return frechet_distances(
+            model,
+            encoder,
+            real,
+            shape=tuple(data.info.input_shape),
+            sampler_name=self.sampler,
+            steps=self.sample_steps,
+            device=device,
+        )
+
+    def report_convention(self, data: DataSplits) -> str:
+        encoder = encoder_for(data, torch.device("cpu"), Progress(quiet=True))
+        if encoder is None:
+            return "no Frechet distance: the data has no labels to train an encoder on and is not RGB"
+        return (
+            f"fd_val/fd_test: Frechet distance of {FD_SAMPLES} samples ({self.sampler.upper()}, "
+            f"{self.sample_steps} steps, fixed seeds) to the first {FD_SAMPLES} images of the split; "
+            f"encoder: {encoder.name}"
         )
 
     def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:

@@ -5,16 +5,22 @@ normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoi
 ``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates;
 ``log_hinge``/``log_abs`` turn it into a budget loss; ``keep_for_target`` picks channels by importance
 under a FLOPs target; ``slice_model`` removes channels physically;
-``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model;
+``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model
+(``exact_flops_of``: the exact FLOPs of hard keep masks); ``OFFSET``/``TEMPERATURE`` are the Gumbel
+gates' defaults (gates start open, nearly binary);
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
-``save_pruned``/``load_pruned`` store pruned models without pickle; ``export_*`` write TorchScript/ONNX.
+``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
+timestep); ``save_pruned``/``load_pruned`` store pruned and composite models without pickle;
+``export_*`` write TorchScript/ONNX.
 """
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
+from automl_prune.pruning.composite import CompositeModel, Router, TimestepRouter
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
     SliceMismatchError,
     choose,
+    exact_flops_of,
     masked_outputs,
     repair_to_budget,
     slice_checked,
@@ -23,23 +29,29 @@ from automl_prune.pruning.flops_model import GatedFlops, smallest_flops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.generator import ArchitectureGenerator
 from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member, analyze
-from automl_prune.pruning.gumbel import deterministic_gates, gumbel_sigmoid
+from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE, deterministic_gates, gumbel_sigmoid
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
 from automl_prune.pruning.selection import global_keep, keep_for_target, kept_indices, uniform_keep
 from automl_prune.pruning.surgery import hard_keep, slice_model
 
 __all__ = [
+    "OFFSET",
+    "TEMPERATURE",
     "ArchitectureGenerator",
     "ChannelGates",
     "ChannelGroup",
+    "CompositeModel",
     "DependencyAnalysis",
     "GatedFlops",
     "Member",
+    "Router",
     "SliceMismatchError",
+    "TimestepRouter",
     "analyze",
     "choose",
     "deterministic_gates",
+    "exact_flops_of",
     "export_onnx",
     "export_torchscript",
     "global_keep",

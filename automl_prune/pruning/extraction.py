@@ -176,4 +176,5 @@ def ieee_fp32() -> Iterator[None]:
 
 
 def exact_flops_of(flops: GatedFlops) -> Callable[[Keep], float]:
+    """A function of hard keep masks giving their exact FLOPs on ``flops``'s model (counted in float64)."""
     return lambda keep: float(flops({k: v.double() for k, v in keep.items()}))

@@ -9,7 +9,10 @@ attention head). A plugin registers a :class:`LayerRule` per such type through t
   block size (an attention head's ``to_q``/``to_k``/``to_v`` by the head dimension, so the softmax
   scale, which depends on it, stays the same and a masked head equals a removed one);
 - ``follow(sliced, original)``: fix the module's attributes after slicing (the new head count);
-- ``attributes``: the attributes a saved pruned model records for the module and sets on load.
+- ``attributes``: the attributes a saved pruned model records for the module and sets on load;
+- ``rebuild``: for a layer type that pruning reshapes itself (the toolbox knows convs, linears and
+  norms), the constructor arguments that rebuild a reshaped one, read back from its attributes, so a
+  saved pruned model holding one loads (only registered types are ever imported on load).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class LayerRule:
     units: Callable[[nn.Module], dict[str, int]] | None = None
     follow: Callable[[nn.Module, nn.Module], None] | None = None
     attributes: tuple[str, ...] = ()
+    rebuild: tuple[str, ...] | None = None
 
 
 def layer_rules() -> dict[str, LayerRule]:
@@ -38,10 +42,15 @@ def layer_rules() -> dict[str, LayerRule]:
     return {rule.type: rule for rule in get_plugins().layer_rules}
 
 
+def type_name(cls: type) -> str:
+    """The ``"package.module.Class"`` name rules are registered under."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def rule_of(module: nn.Module, rules: dict[str, LayerRule]) -> LayerRule | None:
     """The rule of ``module``'s class or of its nearest registered base class."""
     for cls in type(module).__mro__:
-        rule = rules.get(f"{cls.__module__}.{cls.__qualname__}")
+        rule = rules.get(type_name(cls))
         if rule is not None:
             return rule
     return None

@@ -1,15 +1,21 @@
 """Pruned models on disk without pickle: ``spec.json`` + ``model.safetensors`` in one directory.
 
+A composite model (:class:`~automl_prune.pruning.composite.CompositeModel`) is a directory holding
+``manifest.json`` (the router's config, the base model and data, metadata) and one such directory per
+part (``part0``, ``part1``, ...); :func:`save_pruned` and :func:`load_pruned` handle both.
+
 A pruned model is its base architecture (a ``ModelRef`` plus the ``DataInfo`` it was built for) with
 some layers reshaped or dropped. The spec records, for every module that differs from a fresh base
-build, its type and constructor arguments; loading builds the base, swaps those modules for fresh ones
-of the recorded shape and loads the weights strictly. Nothing is unpickled, so a saved model cannot run
-code, and a pruned model whose class cannot rebuild itself (e.g. diffusers' ``from_pretrained``) still
-loads.
+build, its type and constructor arguments (the toolbox's table :data:`SHAPES` for convs, linears and
+norms; a plugin's layer type through a registered ``LayerRule.rebuild``); loading builds the base, swaps
+those modules for fresh ones of the recorded shape and loads the weights strictly. Nothing is
+unpickled, so a saved model cannot run code, and a pruned model whose class cannot rebuild itself (e.g.
+diffusers' ``from_pretrained``) still loads.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import tempfile
@@ -25,11 +31,14 @@ from automl_prune.data.base import DataInfo
 from automl_prune.errors import CheckpointError
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model
-from automl_prune.pruning.layers import layer_rules, rule_of
+from automl_prune.pruning.composite import CompositeModel, router_from_config
+from automl_prune.pruning.layers import LayerRule, layer_rules, rule_of, type_name
 
 FORMAT = "automl_prune.pruned"
+COMPOSITE_FORMAT = "automl_prune.composite"
 FORMAT_VERSION = 1
 SPEC = "spec.json"
+MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")
@@ -58,6 +67,26 @@ SHAPES: dict[type[nn.Module], tuple[str, ...]] = {
 _BY_NAME = {cls.__name__: cls for cls in SHAPES}
 
 
+def _shape_of(cls: type[nn.Module], rules: dict[str, LayerRule]) -> tuple[str, tuple[str, ...]] | None:
+    """How the spec names ``cls`` and which constructor arguments rebuild it: the toolbox's own table
+    (:data:`SHAPES`), else a layer rule's ``rebuild`` (named by its class path); None: not rebuildable."""
+    if cls in SHAPES:
+        return cls.__name__, SHAPES[cls]
+    rule = rules.get(type_name(cls))
+    return (rule.type, rule.rebuild) if rule is not None and rule.rebuild is not None else None
+
+
+def _class_named(name: str, rules: dict[str, LayerRule]) -> type[nn.Module]:
+    """The layer class a spec names: one of :data:`SHAPES` or a type a layer rule can rebuild."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    rule = rules.get(name)
+    if rule is None or rule.rebuild is None:
+        raise KeyError(f"{name} is neither a toolbox layer nor a type a registered layer rule rebuilds")
+    module, _, qualname = name.rpartition(".")
+    return getattr(importlib.import_module(module), qualname)
+
+
 def save_pruned(
     model: nn.Module,
     path: str | Path,
@@ -67,7 +96,47 @@ def save_pruned(
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` to the directory ``path`` atomically (an existing one is replaced only once the
-    new one is complete). ``metadata`` is free JSON kept in the spec (budget, trial, quality...)."""
+    new one is complete). ``metadata`` is free JSON kept in the spec (budget, trial, quality...).
+    A composite model is written as its manifest and one directory per part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        if isinstance(model, CompositeModel):
+            manifest = {
+                "format": COMPOSITE_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "model_ref": model_ref.to_dict(),
+                "data_info": asdict(info),
+                "router": model.router.to_config(),
+                "parts": [f"part{i}" for i in range(len(model.parts))],
+                "metadata": metadata or {},
+            }
+            for name, part in zip(manifest["parts"], model.parts, strict=True):
+                _write_pruned(part, tmp / name, model_ref, info, {})
+            (tmp / MANIFEST).write_text(_json(manifest, "manifest"))
+        else:
+            _write_pruned(model, tmp, model_ref, info, metadata or {})
+        _swap_in(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _json(value: dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(value, indent=2)
+    except TypeError as exc:
+        raise CheckpointError(
+            f"cannot write the {what} of a pruned model: {exc}",
+            "metadata, model arguments and DataInfo.extra must be JSON values (str, number, list, dict)",
+        ) from exc
+
+
+def _write_pruned(
+    model: nn.Module, folder: Path, model_ref: ModelRef, info: DataInfo, metadata: dict[str, Any]
+) -> None:
+    """``spec.json`` and ``model.safetensors`` of one (non-composite) pruned model into ``folder``."""
     base = build_model(model_ref, info)
     spec = {
         "format": FORMAT,
@@ -76,26 +145,13 @@ def save_pruned(
         "data_info": asdict(info),
         "modules": _changed_modules(model, base),
         "attributes": _changed_attributes(model, base),
-        "metadata": metadata or {},
+        "metadata": metadata,
     }
-    try:
-        text = json.dumps(spec, indent=2)
-    except TypeError as exc:
-        raise CheckpointError(
-            f"cannot write the spec of a pruned model: {exc}",
-            "metadata, model arguments and DataInfo.extra must be JSON values (str, number, list, dict)",
-        ) from exc
+    text = _json(spec, "spec")
     _check_rebuild(model, spec)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        (tmp / SPEC).write_text(text)
-        save_model(model, str(tmp / WEIGHTS), force_contiguous=True)
-        _swap_in(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC).write_text(text)
+    save_model(model, str(folder / WEIGHTS), force_contiguous=True)
 
 
 def _swap_in(new: Path, path: Path) -> None:
@@ -115,19 +171,24 @@ def _swap_in(new: Path, path: Path) -> None:
 
 
 def read_spec(path: str | Path) -> dict[str, Any]:
-    """The parsed ``spec.json`` of a saved pruned model (architecture, data facts, metadata)."""
-    file = Path(path) / SPEC
+    """The parsed ``spec.json`` of a saved pruned model, or ``manifest.json`` of a saved composite (both
+    hold the base architecture ``model_ref``, the data facts ``data_info`` and ``metadata``)."""
+    composite = (Path(path) / MANIFEST).is_file()
+    file = Path(path) / (MANIFEST if composite else SPEC)
     fix = "give the directory written by save_pruned; save the model again if the file is damaged"
     if not file.is_file():
         raise CheckpointError(f"{path} is not a saved pruned model: {SPEC} not found", fix)
     try:
         spec = json.loads(file.read_text())
-        parts = (spec["model_ref"], spec["data_info"], spec["modules"])
-        ok = spec["format"] == FORMAT and all(isinstance(part, dict) for part in parts)
+        fields = ("router",) if composite else ("modules",)
+        parts = [spec[key] for key in ("model_ref", "data_info", *fields)]
+        expected = COMPOSITE_FORMAT if composite else FORMAT
+        ok = spec["format"] == expected and all(isinstance(part, dict) for part in parts)
+        ok = ok and (not composite or isinstance(spec["parts"], list))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{file} is corrupt: {type(exc).__name__}: {exc}", fix) from exc
     if not ok:
-        raise CheckpointError(f"{file} is not a pruned-model spec", fix)
+        raise CheckpointError(f"{file} is not a pruned-model {'manifest' if composite else 'spec'}", fix)
     if spec.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{file} has format version {spec['format_version']}; this automl_prune reads up to "
@@ -138,8 +199,12 @@ def read_spec(path: str | Path) -> dict[str, Any]:
 
 
 def load_pruned(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned`, with its weights, in eval mode."""
+    """Rebuild a model saved by :func:`save_pruned` (a composite with all its parts), with its weights,
+    in eval mode."""
     spec = read_spec(path)
+    if spec["format"] == COMPOSITE_FORMAT:
+        parts = [load_pruned(Path(path) / name) for name in spec["parts"]]
+        return CompositeModel(parts, router_from_config(spec["router"])).eval()
     model = _rebuild(spec)
     weights = Path(path) / WEIGHTS
     try:
@@ -156,14 +221,16 @@ def _rebuild(spec: dict[str, Any]) -> nn.Module:
     info = dict(spec["data_info"])
     info["image_size"] = tuple(info["image_size"])
     model = build_model(ModelRef.from_dict(spec["model_ref"]), DataInfo(**info))
+    rules = layer_rules()
     for name, shape in spec["modules"].items():
         args = {k: v for k, v in shape.items() if k != "type"}
         try:
-            model.set_submodule(name, _BY_NAME[shape["type"]](**args))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            model.set_submodule(name, _class_named(shape["type"], rules)(**args))
+        except (KeyError, TypeError, ValueError, AttributeError, ImportError) as exc:
             raise CheckpointError(
                 f"the spec's entry for module {name!r} cannot be built: {type(exc).__name__}: {exc}",
-                "the spec is damaged or from another model; save the model again",
+                "install the plugin that registers its layer type; else the spec is damaged or from "
+                "another model: save the model again",
             ) from exc
     modules = dict(model.named_modules())
     for name, values in spec.get("attributes", {}).items():
@@ -177,12 +244,13 @@ def _rebuild(spec: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _describe(module: nn.Module) -> dict[str, Any] | None:
-    """The constructor arguments that rebuild ``module``'s shape, or None for a type not in SHAPES."""
-    keys = SHAPES.get(type(module))
-    if keys is None:
+def _describe(module: nn.Module, rules: dict[str, LayerRule]) -> dict[str, Any] | None:
+    """The constructor arguments that rebuild ``module``'s shape, or None for a type not rebuildable."""
+    known = _shape_of(type(module), rules)
+    if known is None:
         return None
-    shape: dict[str, Any] = {"type": type(module).__name__}
+    name, keys = known
+    shape: dict[str, Any] = {"type": name}
     for key in keys:
         value = getattr(module, key)
         if key == "bias":  # the constructor takes whether there is one
@@ -193,22 +261,32 @@ def _describe(module: nn.Module) -> dict[str, Any] | None:
 
 def _changed_modules(model: nn.Module, base: nn.Module) -> dict[str, dict[str, Any]]:
     base_modules = dict(base.named_modules())
+    rules = layer_rules()
     changed = {}
     for name, module in model.named_modules():
         if not name:
             continue
-        shape = _describe(module)
+        shape = _describe(module, rules)
         original = base_modules.get(name)
-        if original is not None and shape == _describe(original) and type(module) is type(original):
+        same = original is not None and type(module) is type(original)
+        if same and shape == _describe(original, rules) and _own_shapes(module) == _own_shapes(original):
             continue
         if shape is None:
             raise CheckpointError(
                 f"cannot save module {name!r} ({type(module).__name__}): it differs from the base "
-                "architecture and only reshaped conv, linear and norm layers or Identity can be recorded",
-                "prune with the toolbox's slice_model, or save a model whose other modules are unchanged",
+                "architecture and only reshaped conv, linear and norm layers, Identity, or types a layer "
+                "rule can rebuild are recorded",
+                "prune with the toolbox's slice_model, register a LayerRule with `rebuild` for the type "
+                "(register_layer_rules), or save a model whose other modules are unchanged",
             )
         changed[name] = shape
     return changed
+
+
+def _own_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors ``module`` holds itself (not its children's)."""
+    tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+    return {k: tuple(v.shape) for k, v in tensors}
 
 
 def _changed_attributes(model: nn.Module, base: nn.Module) -> dict[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from automl_prune import __version__
+from automl_prune.data.base import DataSplits
 from automl_prune.errors import AutomlPruneError
 from automl_prune.io import atomic_write_text
 from automl_prune.latency import latency_convention
@@ -73,10 +74,12 @@ def _resume_config(config: SearchConfig) -> SearchConfig:
     return replace(stored, trials=max(config.trials, stored.trials), quiet=config.quiet)
 
 
-def conventions(device: str, task: Task) -> dict[str, str]:
+def conventions(device: str, task: Task, data: DataSplits) -> dict[str, str]:
     import torch
 
+    report = task.report_convention(data)
     return {
+        **({"report": report} if report else {}),
         "flops": task.flops_convention(),
         "flops_unit": task.flops_unit,
         "latency": latency_convention(resolve_device(device)),
@@ -105,16 +108,17 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
         base={},
         max_flops=plan.max_flops,
         config=config.to_dict(),
-        conventions=conventions(config.device, plan.task),
+        conventions=conventions(config.device, plan.task, plan.data),
         tracking_uri=config.tracking_uri,
         registered_model=config.registered_model,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     hooks = get_plugins().hook
-    hooks.search_started(search=info)
+    hooks.check_search(search=info)
+    run_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_search(plan)
     info.base = prepared.base
     atomic_write_text(run_dir / SEARCH_FILE, info.to_json())
+    hooks.search_started(search=info)
     records = load_records(run_dir)
 
     def on_trial(record: TrialRecord) -> None:

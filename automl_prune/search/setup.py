@@ -1,9 +1,12 @@
 """Turn a :class:`SearchConfig` into a ready search: resolved plugins, base model, context, artifacts.
 
 Two phases, so mistakes surface before any training: :func:`plan_search` resolves names, the search
-space and the budget in seconds (an untrained copy of the architecture is enough to count FLOPs);
+space and the budget in seconds (an untrained copy of the architecture is enough to count FLOPs and the
+fewest the strategy can reach);
 :func:`prepare_search` then trains or loads the base model, builds the :class:`Context`, and runs the
-strategy's cached ``prepare``. Both are memoised per process, so Ray workers build them once.
+strategy's cached ``prepare`` with the space's initial prepare-time settings (fixed values or defaults of
+``Strategy.prepare_params``). Both are memoised per process, so Ray workers build them once; a trial
+whose prepare-time values differ gets its own artifacts through :meth:`Prepared.artifacts_for`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
@@ -19,7 +23,7 @@ import torch
 
 from automl_prune.data.base import DataSplits
 from automl_prune.data.registry import load_dataset
-from automl_prune.errors import AutomlPruneError, BudgetError
+from automl_prune.errors import AutomlPruneError, BudgetError, SpaceError
 from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
 from automl_prune.models.base import ModelRef
@@ -52,12 +56,32 @@ class Plan:
 
 @dataclass
 class Prepared:
-    """A search ready to run trials."""
+    """A search ready to run trials: ``artifacts`` are what ``prepare`` returned for ``settings``, the
+    space's initial prepare-time values; ``key`` is their cache key."""
 
     plan: Plan
     context: Context
     artifacts: dict[str, Any]
     base: dict[str, float]
+    settings: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    _weights: str = field(default="", repr=False)
+    _others: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def artifacts_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The prepared artifacts for a trial's ``params``: :attr:`artifacts` when its prepare-time values
+        (and the strategy's ``prepare_key``) are the search's, else ``prepare`` for its own values,
+        through the same disk cache, kept in memory for the later trials of this process."""
+        strategy, context = self.plan.strategy, self.context
+        settings = prepare_settings(strategy, params)
+        self._weights = self._weights or weights_digest(context.model)
+        key = prepared_key(strategy, context, settings, self._weights)
+        if key == self.key:
+            return self.artifacts
+        if key not in self._others:
+            context.progress.log(f"{strategy.name}: preparing for {settings}")
+            self._others[key] = cached_prepare(strategy, context, settings, key=key)
+        return self._others[key]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,14 +108,29 @@ def plan_search(config: SearchConfig) -> Plan:
     architecture = build_model(model_ref, data.info)
     base_flops = task.flops(architecture, data)
     space = load_space(config.space or strategy.space_for(task.name)).with_overrides(config.overrides)
+    missing = [name for name in strategy.prepare_params if name not in space.params]
+    if missing:
+        raise SpaceError(
+            f"{space.source}: the {strategy.name!r} strategy prepares with the parameters "
+            f"{', '.join(missing)}, which the space lacks",
+            f"add them to the space file (see {strategy.space_for(task.name)})",
+        )
     budget = Budget.parse(config.max_flops)
     max_flops = budget.resolve(base_flops) if budget else None
     if max_flops is not None:
+        reachable = strategy.min_flops(architecture, task.example_input(data, 1))
+        if reachable is not None and reachable > max_flops:
+            raise BudgetError(
+                f"the FLOPs budget {max_flops / 1e6:.3g}M is below the {reachable / 1e6:.3g}M that "
+                f"{strategy.name!r} reaches at its smallest on {model_ref.name}",
+                f"raise --max-flops to at least {reachable / base_flops:.3f} (ratio) or use a smaller model",
+            )
         space = space.with_budget_cap(max_flops / base_flops)
     return Plan(config, strategy, task, data, model_ref, space, base_flops, max_flops)
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of ``model``'s weights and buffers, for cache keys."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -99,21 +138,43 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_prepare(strategy: Strategy, context: Context) -> dict[str, Any]:
-    """``strategy.prepare(context)``, cached on disk under a content key of everything it depends on."""
-    key = content_key(
+def prepare_settings(strategy: Strategy, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The values in ``params`` (a trial's, or the space's defaults) of ``strategy.prepare_params``."""
+    missing = [name for name in strategy.prepare_params if name not in params]
+    if missing:
+        raise SpaceError(
+            f"the {strategy.name!r} strategy prepares with {', '.join(missing)}, which the parameters lack",
+            "give every parameter of the strategy's search space",
+        )
+    return {name: params[name] for name in strategy.prepare_params}
+
+
+def prepared_key(
+    strategy: Strategy, context: Context, settings: Mapping[str, Any], weights: str | None = None
+) -> str:
+    """The content key of ``strategy.prepare(context, settings)``: everything it depends on (``weights``:
+    :func:`weights_digest` of the base model, computed when not given)."""
+    return content_key(
         strategy.name,
         strategy.version,
-        _weights_digest(context.model),
+        weights or weights_digest(context.model),
         context.data.info,
         context.seed,
+        dict(settings),
         strategy.prepare_key(context),
     )
+
+
+def cached_prepare(
+    strategy: Strategy, context: Context, settings: Mapping[str, Any], *, key: str | None = None
+) -> dict[str, Any]:
+    """``strategy.prepare(context, settings)``, cached on disk under its :func:`prepared_key`."""
+    key = key or prepared_key(strategy, context, settings)
     path = context.cache_dir / "prepared" / f"{strategy.name}-{key}.pt"
     if path.exists():
         log.info("reusing prepared artifacts %s", path)
         return torch.load(path, map_location=context.device, weights_only=True)
-    artifacts = strategy.prepare(context)
+    artifacts = strategy.prepare(context, dict(settings))
     buffer = BytesIO()
     torch.save(artifacts, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -151,23 +212,21 @@ def prepare_search(plan: Plan) -> Prepared:
         base_flops=plan.base_flops,
         max_flops=plan.max_flops,
         batch_size=batch_size,
+        budget_param=plan.space.budget,
     )
-    artifacts = cached_prepare(plan.strategy, context)
-    reachable = plan.strategy.min_flops(context, artifacts)
-    if plan.max_flops is not None and reachable is not None and reachable > plan.max_flops:
-        raise BudgetError(
-            f"the FLOPs budget {plan.max_flops / 1e6:.3g}M is below the {reachable / 1e6:.3g}M that "
-            f"{plan.strategy.name!r} reaches at its smallest on {plan.model_ref.name}",
-            f"raise --max-flops to at least {reachable / plan.base_flops:.3f} (ratio) or use a smaller model",
-        )
+    settings = prepare_settings(plan.strategy, plan.space.defaults())
+    weights = weights_digest(context.model)
+    key = prepared_key(plan.strategy, context, settings, weights)
+    artifacts = cached_prepare(plan.strategy, context, settings, key=key)
     base = {
         "quality": context.evaluate(model)[plan.task.quality_metric],
         "flops": float(plan.base_flops),
         "n_params": float(plan.task.n_params(model)),
         **plan.task.cost(model, plan.data, plan.base_flops),
         **plan.task.latency(model, plan.data, device),
+        **plan.task.report(model, plan.data, device, progress),
     }
-    return Prepared(plan, context, artifacts, base)
+    return Prepared(plan, context, artifacts, base, settings, key, weights)
 
 
 _CACHE: dict[str, Prepared] = {}

@@ -33,7 +33,8 @@ def run_trial(
     start = time.perf_counter()
     torch.manual_seed(context.seed + number)
     try:
-        candidate = plan.strategy.run(context, dict(params), prepared.artifacts)
+        artifacts = prepared.artifacts_for(params)
+        candidate = plan.strategy.run(context, dict(params), artifacts)
         if not math.isfinite(candidate.quality):
             raise AutomlPruneError(f"trial {number} produced a non-finite quality ({candidate.quality})")
         model = candidate.model.eval()
@@ -43,6 +44,7 @@ def run_trial(
         timings = task.latency(model, context.data, context.device)
         candidate.latency_ms = timings.pop("latency_ms")
         candidate.metrics.update(task.cost(model, context.data, candidate.flops) | timings)
+        candidate.metrics.update(task.report(model, context.data, context.device, context.progress))
         candidate.figures += task.figures(
             model, context.model, context.data, Path(context.run_dir) / "figures", context.device
         )

@@ -112,6 +112,18 @@ class Task(Protocol):
         """Timings in ms; ``latency_ms`` (one call at batch 1) first, then any others the task reports."""
         ...
 
+    def report(
+        self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress
+    ) -> dict[str, float]:
+        """Quality figures too costly for every :meth:`evaluate`, measured once per trial and for the base
+        model and reported beside the selection metric, never used for selection (diffusion: Frechet
+        distances of samples on val and test); may be {}."""
+        ...
+
+    def report_convention(self, data: DataSplits) -> str:
+        """What :meth:`report` measures on ``data``, in words (e.g. which encoder, how many samples)."""
+        ...
+
     def figures(
         self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device
     ) -> list[Path]:
@@ -143,6 +155,14 @@ class SingleCallTask:
 
     def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
         return {"latency_ms": measure_latency_ms(model, to_device(self.example_input(data, 1), device))}
+
+    def report(
+        self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress
+    ) -> dict[str, float]:
+        return {}
+
+    def report_convention(self, data: DataSplits) -> str:
+        return ""
 
     def figures(
         self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device

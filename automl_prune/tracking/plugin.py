@@ -1,5 +1,6 @@
 """MLflow tracking, a plugin on the lifecycle hooks (registered through the ``mlflow`` entry point).
 
+- ``check_search`` checks the store answers, before the base model is trained;
 - ``search_started`` starts the search's parent run (reopens it when the search is resumed);
 - ``trial_finished`` logs the trial as a nested run of it;
 - ``search_finished`` logs the trials still missing and ``pareto.csv`` / ``pareto.png`` on the parent, ends
@@ -24,12 +25,24 @@ from automl_prune.tracking.runs import (
     parent_run,
     trial_runs,
 )
-from automl_prune.tracking.store import open_client, redact, tracking_errors
+from automl_prune.tracking.store import (
+    check_reachable,
+    open_client,
+    redact,
+    resolve_tracking_uri,
+    tracking_errors,
+)
 
 if TYPE_CHECKING:
     from automl_prune.search.records import SearchInfo, TrialRecord
 
 log = logging.getLogger(__name__)
+
+
+@hookimpl
+def check_search(search: SearchInfo) -> None:
+    """Fail before any training when the tracking store cannot be reached (nothing is created)."""
+    check_reachable(resolve_tracking_uri(search))
 
 
 @hookimpl

@@ -7,9 +7,10 @@ Rules (also in the README):
   fewer FLOPs, then the earlier trial. No candidate: nothing is registered and the reason says why.
 - It is registered as a new version of ``search.registered_model`` (default
   ``<strategy>-<model>-<data>``, sanitised to letters, digits, ``_ . -``), whose source is the ``model/``
-  artifact of the trial's nested run (a plain directory: spec.json + model.safetensors, no MLflow model
-  flavour). The version is tagged with quality, quality_metric, flops, n_params, search and trial number.
-  Registering the same trial run again reuses its version instead of adding one.
+  artifact of the trial's nested run (a plain directory: spec.json + model.safetensors, or a composite's
+  manifest.json + one such directory per part; no MLflow model flavour). The version is tagged with
+  quality, quality_metric, flops, n_params, search and trial number. Registering the same trial run
+  again reuses its version instead of adding one.
 - The alias ``champion`` moves to it only if there is no champion yet, or it has strictly higher quality
   at no more FLOPs than the champion, both read from the champion version's tags (a champion measured
   with another quality metric, or without those tags, is kept: it cannot be compared).

@@ -236,19 +236,11 @@ def base_metrics(search: SearchInfo) -> dict[str, Any]:
     return metrics
 
 
-def _log_missing_base(client: MlflowClient, run: Run, search: SearchInfo) -> None:
-    """The base model is measured after ``search_started``: log its metrics once they are known."""
-    missing = {k: v for k, v in base_metrics(search).items() if _key(k) not in run.data.metrics}
-    if missing:
-        log_batch(client, run.info.run_id, metrics=missing)
-
-
 def parent_run(client: MlflowClient, search: SearchInfo, uri: str, experiment_id: str) -> str:
     """The id of the search's parent run for a hook other than ``search_started`` (made if missing)."""
     run = existing_parent_run(client, read_parent_run_id(search.run_dir), experiment_id)
     if run is None:
         return ensure_parent_run(client, search, uri)
-    _log_missing_base(client, run, search)
     return run.info.run_id
 
 
@@ -271,7 +263,6 @@ def ensure_parent_run(client: MlflowClient, search: SearchInfo, uri: str, *, reo
             tags["resume.count"] = int(run.data.tags.get("resume.count", "0")) + 1
             client.update_run(run_id, status="RUNNING")
         log_batch(client, run_id, params={k: v for k, v in params.items() if k not in old}, tags=tags)
-        _log_missing_base(client, run, search)
         return run_id
     run = client.create_run(experiment_id, run_name=search.name, tags={"automl_prune.role": "search"})
     run_id = run.info.run_id

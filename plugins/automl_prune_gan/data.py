@@ -42,10 +42,18 @@ from skimage import data as skdata
 from skimage import feature
 from torch.utils.data import Dataset
 
-from automl_prune.data.base import DataInfo, DataSplits
-from automl_prune.data.common import file_extra, file_transform, image_size_of
-from automl_prune.data.folders import PairedImages, _first_image, _folder, _images
-from automl_prune.errors import DataError
+from automl_prune.api import (
+    DataError,
+    DataInfo,
+    DataSplits,
+    PairedImages,
+    dataset_folder,
+    file_extra,
+    file_transform,
+    first_image,
+    image_files,
+    image_size_of,
+)
 
 TASK = "image-translation"
 SPLIT_PHOTOS: dict[str, tuple[str, ...]] = {
@@ -368,7 +376,7 @@ class ImageFiles(Dataset):
     """The images of one folder (recursively, sorted by path), each through ``transform``."""
 
     def __init__(self, folder: Path, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.paths, self.transform = _images(folder), transform
+        self.paths, self.transform = image_files(folder), transform
         if not self.paths:
             raise DataError(f"no images in {folder}", "put the domain's image files there")
 
@@ -399,7 +407,7 @@ def unpaired_folder(
     target; all six folders are required. Images are resized to ``size`` x ``size`` (default: the first
     training A image's size) and mapped to [-1, 1].
     """
-    root = _folder(arg, "unpaired")
+    root = dataset_folder(arg, "unpaired")
     missing = [name for name in UNPAIRED_FOLDERS if not (root / name).is_dir()]
     if missing:
         raise DataError(
@@ -409,7 +417,7 @@ def unpaired_folder(
             + ", ".join(f"{root / name}" for name in missing),
         )
     out_channels = out_channels or channels
-    image_size = image_size_of(_first_image(root / "trainA"), size)
+    image_size = image_size_of(first_image(root / "trainA"), size)
     transform_a, transform_b = file_transform(image_size, channels), file_transform(image_size, out_channels)
     train = UnpairedPairs(
         ImageFiles(root / "trainA", transform_a), ImageFiles(root / "trainB", transform_b), seed=seed

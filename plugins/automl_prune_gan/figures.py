@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from automl_prune.figures import save_sample_grid
-from automl_prune.io import atomic_write_bytes, png_bytes
+from automl_prune.api import atomic_write_bytes, png_bytes, save_sample_grid
 
 __all__ = ["save_balance_plot", "save_sample_grid"]
 

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from automl_prune.errors import AutomlPruneError
+from automl_prune.api import MetricError
 
 #: MSE floor for PSNR. Identical images have MSE 0 and an infinite PSNR, which would turn any mean over
 #: images or trials into ``inf``; flooring the MSE at 1e-10 caps a single image's PSNR at 100 dB instead.
@@ -29,10 +29,6 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-
-
-class MetricError(AutomlPruneError):
-    """Inputs a metric cannot be computed on (wrong rank, mismatched shapes, too few samples)."""
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:

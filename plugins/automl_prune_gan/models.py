@@ -25,8 +25,7 @@ import math
 import torch
 from torch import nn
 
-from automl_prune.data.base import DataInfo
-from automl_prune.errors import ModelError
+from automl_prune.api import DataInfo, ModelError
 
 NORMS = ("batch", "instance")
 SLOPE = 0.2  # LeakyReLU slope of the U-Net encoder and the discriminator

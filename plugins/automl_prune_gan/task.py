@@ -30,11 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from automl_prune.data.base import DataSplits
-from automl_prune.errors import AutomlPruneError
-from automl_prune.flops import count_params
-from automl_prune.progress import Progress
-from automl_prune.tasks.base import SingleCallTask, eval_mode, split_dataset
+from automl_prune.api import (
+    AutomlPruneError,
+    DataSplits,
+    Progress,
+    SingleCallTask,
+    count_params,
+    eval_mode,
+    split_dataset,
+)
 from automl_prune_gan.metrics import l1, psnr, ssim
 from automl_prune_gan.models import TranslationGAN
 

@@ -15,24 +15,23 @@ Stages (the project's method spec, shared/methods/interpretation.md):
   ``finetune_epochs`` (the magnitude baseline's budget), and the explanation agreement of the pruned
   model with the original (mean IoU of masks thresholded at 0.5 on the validation split), plus a figure.
 
-Which explainer settings shape ``prepare``: ``prepare_key`` cannot see a trial's parameters, so it reads
-the fixed values (or defaults) of ``kind``, ``predictor_epochs``, ``selector_epochs``, ``predictor_lr``,
-``selector_lr``, ``l1``, ``l2``, ``pair_fraction`` and ``min_pairs`` from the strategy's space file. A
-trial whose values differ (``--set kind=pixel``, or a ``--space`` file with other values) prepares
-its own explainer through the same on-disk cache, once per process.
+Which explainer settings shape ``prepare``: ``prepare_params`` names ``kind``, ``predictor_epochs``,
+``selector_epochs``, ``predictor_lr``, ``selector_lr``, ``l1``, ``l2``, ``pair_fraction`` and
+``min_pairs``, so the core prepares with the search space's fixed values (or defaults) of these, and a
+trial whose values differ (a searched one) gets an explainer prepared for its own values through the
+same on-disk cache, once per process.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import uuid
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.api import Candidate, Context, Inputs, Strategy, builtin_space_path, hookimpl
 from automl_prune.pruning import (
     GatedFlops,
     analyze,
@@ -42,22 +41,10 @@ from automl_prune.pruning import (
     slice_checked,
     smallest_flops,
 )
-from automl_prune.space import builtin_space_path, load_space
 from automl_prune_interpretation.gate_search import Pairs, freeze, search_gates
 from automl_prune_interpretation.pruned_explanations import IOU_THRESHOLD, PrunedExplainer, mean_mask_iou
 from automl_prune_interpretation.tap_groups import groups_from_artifacts, groups_to_artifacts, tap_groups
 
-PREPARE_KEYS = (
-    "kind",
-    "predictor_epochs",
-    "selector_epochs",
-    "predictor_lr",
-    "selector_lr",
-    "l1",
-    "l2",
-    "pair_fraction",
-    "min_pairs",
-)
 SELECT_LAST = 3  # extraction chooses among the architectures after each of the last epochs
 PROBE_IMAGES = 16  # validation images used to find which group carries each tap
 FIGURE_IMAGES = 8
@@ -82,28 +69,25 @@ class InterpretationStrategy(Strategy):
         "ISP: channel gates learned so the pruned model's RBF explanations match the original's, "
         "under a FLOPs hinge; extraction on validation, equal-budget fine-tuning"
     )
-
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        self._settings = dict(settings) if settings is not None else None
-        self._prepared: dict[str, dict[str, Any]] = {}
+    prepare_params = (
+        "kind",
+        "predictor_epochs",
+        "selector_epochs",
+        "predictor_lr",
+        "selector_lr",
+        "l1",
+        "l2",
+        "pair_fraction",
+        "min_pairs",
+    )
 
     # ---- prepare: explainer + pruning pairs (cached by the core) ----------------------------------
 
-    def settings(self) -> dict[str, Any]:
-        """The explainer/pair settings: given at construction, else the space file's fixed values."""
-        if self._settings is None:
-            defaults = load_space(self.space).defaults()
-            self._settings = {k: defaults[k] for k in PREPARE_KEYS}
-        return dict(self._settings)
-
-    def prepare_key(self, context: Context) -> dict[str, Any]:
-        return self.settings()
-
-    def prepare(self, context: Context) -> dict[str, Any]:
+    def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
         from automl_prune_interpretation.explainer import agreement, build_explainer, explainer_state
         from automl_prune_interpretation.rbf import activate
 
-        s = self.settings()
+        s = dict(settings)
         with torch.random.fork_rng():
             torch.manual_seed(context.seed)
             explainer = build_explainer(
@@ -156,24 +140,8 @@ class InterpretationStrategy(Strategy):
             "tap_groups": groups_to_artifacts(groups),
         }
 
-    def _artifacts_for(
-        self, context: Context, settings: dict[str, Any], artifacts: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The prepared artifacts for a trial's explainer settings (the given ones if they match)."""
-        if all(artifacts["settings"].get(k) == settings[k] for k in settings):
-            return artifacts
-        from automl_prune.search.setup import cached_prepare
-
-        key = repr(sorted(settings.items()))
-        if key not in self._prepared:
-            context.progress.log(f"interpretation: preparing an explainer for {settings}")
-            self._prepared[key] = cached_prepare(
-                InterpretationStrategy({**self.settings(), **settings}), context
-            )
-        return self._prepared[key]
-
-    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        return float(smallest_flops(context.model, context.example_input(1)))
+    def min_flops(self, architecture: nn.Module, example: Inputs) -> float:
+        return float(smallest_flops(architecture, example))
 
     # ---- run: gate search -> extraction -> fine-tuning ---------------------------------------------
 
@@ -181,9 +149,6 @@ class InterpretationStrategy(Strategy):
         from automl_prune_interpretation.explainer import load_explainer
         from automl_prune_interpretation.figures import save_mask_figure
 
-        artifacts = self._artifacts_for(
-            context, {k: params[k] for k in PREPARE_KEYS if k in params}, artifacts
-        )
         device = context.device
         explainer = load_explainer(artifacts["explainer"], context.model)
         for part in (explainer.selector, explainer.predictor):
@@ -194,8 +159,8 @@ class InterpretationStrategy(Strategy):
         example = context.example_input(1)
         analysis = analyze(base, example)
         flops = GatedFlops(base, analysis, example)
-        ratio = float(params["target_flops_ratio"])
-        target = ratio * context.base_flops
+        ratio = context.budget_ratio(params)
+        target = context.target_flops(params)
         search = search_gates(
             base,
             analysis,
@@ -233,14 +198,19 @@ class InterpretationStrategy(Strategy):
             explainer, original, pruned_explainer, pruned, context.loader("val"), device
         )
         masked_quality = scores[epoch]
-        context.finetune(
+        candidate = context.finish(
             pruned,
-            epochs=int(params["finetune_epochs"]),
-            lr=float(params["lr"]),
-            distill=bool(params["distill"]),
+            params,
+            target_flops=target,
+            spec={
+                "keep": kept_indices(keep),
+                "isp": {
+                    "chosen_epoch": epoch,
+                    "explainer_kind": artifacts["settings"]["kind"],
+                    "masked_val_accuracy": {str(k): v for k, v in scores.items()},
+                },
+            },
         )
-        pruned.eval()
-        quality, finetuned = context.scores(pruned)
         iou = mean_mask_iou(explainer, original, pruned_explainer, pruned, context.loader("val"), device)
 
         n = FIGURE_IMAGES
@@ -250,18 +220,20 @@ class InterpretationStrategy(Strategy):
             after = pruned_explainer.masks(pruned, shown, explained)
         from automl_prune_interpretation.explainer import mask_iou
 
-        figure = save_mask_figure(
-            Path(context.run_dir) / "figures" / f"isp_masks_{uuid.uuid4().hex[:12]}.png",
-            shown,
-            before,
-            after,
-            explained,
-            iou=mask_iou(before, after, threshold=IOU_THRESHOLD),
-            title=f"ISP at {ratio:.2f} of the base FLOPs: masks of the original (middle) and pruned (bottom)",
+        candidate.figures.append(
+            save_mask_figure(
+                context.figure_path("isp_masks"),
+                shown,
+                before,
+                after,
+                explained,
+                iou=mask_iou(before, after, threshold=IOU_THRESHOLD),
+                title=f"ISP at {ratio:.2f} of the base FLOPs: masks of the original (middle) and pruned "
+                "(bottom)",
+            )
         )
         last = search.losses[-1] if search.losses else {}
-        metrics = {
-            **finetuned,
+        candidate.metrics |= {
             "val_mask_iou": iou,
             "val_mask_iou_before_finetune": iou_before,
             "val_masked_accuracy": masked_quality,
@@ -271,21 +243,7 @@ class InterpretationStrategy(Strategy):
             "search_flops_ratio_last": last.get("flops_ratio", float("nan")),
             **{f"explainer_{k}": float(v) for k, v in artifacts["agreement"].items()},
         }
-        return Candidate(
-            model=pruned,
-            quality=quality,
-            target_flops=target,
-            metrics=metrics,
-            spec={
-                "keep": kept_indices(keep),
-                "isp": {
-                    "chosen_epoch": epoch,
-                    "explainer_kind": artifacts["settings"]["kind"],
-                    "masked_val_accuracy": {str(k): v for k, v in scores.items()},
-                },
-            },
-            figures=[figure],
-        )
+        return candidate
 
 
 @hookimpl

@@ -19,9 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from automl_prune.progress import Progress
-from automl_prune.strategy import Context
-from automl_prune.tasks.base import eval_mode
+from automl_prune.api import Context, Progress, eval_mode
 from automl_prune_interpretation.rbf import Size, random_rbf, rbf_mask, relaxed_bernoulli
 from automl_prune_interpretation.selector import SELECTORS, make_selector
 from automl_prune_interpretation.taps import Taps, find_taps

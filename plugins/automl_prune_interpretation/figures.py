@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from automl_prune.io import atomic_write_bytes, png_bytes
+from automl_prune.api import atomic_write_bytes, png_bytes
 
 
 def _displayable(image: torch.Tensor) -> torch.Tensor:

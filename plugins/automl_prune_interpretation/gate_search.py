@@ -24,15 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_prune.progress import Progress
+from automl_prune.api import Progress
 from automl_prune.pruning import (
+    OFFSET,
+    TEMPERATURE,
     ArchitectureGenerator,
     ChannelGates,
     DependencyAnalysis,
     GatedFlops,
     log_hinge,
 )
-from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_prune import Context
+from automl_prune.api import Context
 from automl_prune.pruning import analyze
 from automl_prune_interpretation.tap_groups import (
     TapGroup,

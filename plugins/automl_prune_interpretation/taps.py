@@ -16,7 +16,7 @@ from types import TracebackType
 import torch
 from torch import nn
 
-from automl_prune.tasks.base import eval_mode
+from automl_prune.api import eval_mode
 from automl_prune_interpretation.rbf import Size
 
 

@@ -13,7 +13,10 @@ project's method spec (shared/methods/kernel_size.md). One trial:
 3. The plain CNN at those sizes (BatchNorm statistics re-estimated for it), from the centre-cropped
    predicted weights (``final_init=cropped``, which computes exactly what the searchable network
    computed) or re-initialised (``final_init=scratch``), trained for ``finetune_epochs`` with the
-   task's own recipe.
+   task's own recipe (``Context.finish``, the budget every compared strategy gets).
+
+The budget is the space's budget parameter (``target_ratio``), a ratio of the base model's FLOPs or
+parameters (``budget_kind``).
 
 The sizes go into the saved spec (``kernel_sizes``) and a per-layer figure (``figures.py``). The
 search starts from the trained base model (``search_init=base``) or from a fresh initialisation of
@@ -24,16 +27,13 @@ nothing).
 from __future__ import annotations
 
 import copy
-import uuid
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from automl_prune import Candidate, Context, Strategy, hookimpl
-from automl_prune.errors import BudgetError
+from automl_prune.api import BudgetError, Candidate, Context, Inputs, Strategy, builtin_space_path, hookimpl
 from automl_prune.pruning import recalibrate_batchnorm
-from automl_prune.space import builtin_space_path
 from automl_prune_kernel_size.convert import kernel_sizes, reinitialise, searchable_layers
 from automl_prune_kernel_size.cost import KernelCost
 from automl_prune_kernel_size.figures import save_kernel_size_figure
@@ -50,11 +50,9 @@ class KernelSizeStrategy(Strategy):
         "params/FLOPs budget; the built CNN is trained from cropped weights or from scratch"
     )
 
-    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        model = copy.deepcopy(context.model)
-        return float(
-            KernelCost.measure(model, searchable_layers(model), context.example_input(1)).smallest("flops")
-        )
+    def min_flops(self, architecture: nn.Module, example: Inputs) -> float:
+        model = copy.deepcopy(architecture)
+        return float(KernelCost.measure(model, searchable_layers(model), example).smallest("flops"))
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
         base = copy.deepcopy(context.model).to(context.device)
@@ -65,7 +63,7 @@ class KernelSizeStrategy(Strategy):
         cost = KernelCost.measure(base, layers, example)
         base_sizes = kernel_sizes(base, layers)
         kind = str(params["budget_kind"])
-        ratio = float(params["target_ratio"])
+        ratio = context.budget_ratio(params)
         full, smallest = cost.exact(base_sizes, kind), cost.smallest(kind)
         target = ratio * full
         if smallest > target:
@@ -105,10 +103,8 @@ class KernelSizeStrategy(Strategy):
         searched_quality = context.evaluate(built)[metric]
         if params["final_init"] == "scratch":
             reinitialise(built, context.seed)
-        context.finetune(built, epochs=int(params["finetune_epochs"]), lr=float(params["lr"]))
-        quality, metrics = context.scores(built)
         figure = save_kernel_size_figure(
-            Path(context.run_dir) / "figures" / f"kernel_sizes_{uuid.uuid4().hex[:12]}.png",
+            context.figure_path("kernel_sizes"),
             result.sizes,
             result.soft,
             base_sizes,
@@ -116,12 +112,11 @@ class KernelSizeStrategy(Strategy):
             title=f"kernel sizes at {ratio:.2f} of the base {kind} (K_max {k_max})",
         )
         last = result.history[-1] if result.history else {}
-        return Candidate(
-            model=built,
-            quality=quality,
+        return context.finish(
+            built,
+            params,
             target_flops=target if kind == "flops" else None,
             metrics={
-                **metrics,
                 f"val_{metric}_after_search": searched_quality,
                 "search_seconds": result.seconds,
                 "search_ce_first": result.history[0]["ce"] if result.history else float("nan"),

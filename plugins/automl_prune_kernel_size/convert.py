@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from automl_prune.errors import ModelError
+from automl_prune.api import ModelError
 from automl_prune_kernel_size.layers import SizeSearchConv, embed_centre, same_padding_conv
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from automl_prune.flops import count_flops, count_params
+from automl_prune.api import count_flops, count_params
 
 KINDS = ("flops", "params")
 

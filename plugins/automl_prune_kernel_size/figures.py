@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from automl_prune.io import atomic_write_bytes, png_bytes
+from automl_prune.api import atomic_write_bytes, png_bytes
 
 
 def save_kernel_size_figure(

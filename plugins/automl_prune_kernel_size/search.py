@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from automl_prune.progress import Progress
+from automl_prune.api import Progress
 from automl_prune.pruning import log_abs, log_hinge
 from automl_prune_kernel_size.cost import KernelCost
 from automl_prune_kernel_size.layers import nearest_odd

