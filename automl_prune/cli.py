@@ -87,11 +87,17 @@ def _config(**kwargs: object):
 
 @app.command()
 def search(
-    strategy: Annotated[str, typer.Option(help="Strategy name (see `automl-prune plugins`).")],
-    model: ModelOpt,
-    data: DataOpt,
     out: Annotated[Path, typer.Option(help="Run directory: study, trials, Pareto front, MLflow store.")],
-    trials: Annotated[int, typer.Option(help="Number of trials.")] = 8,
+    strategy: Annotated[str | None, typer.Option(help="Strategy name (see `automl-prune plugins`).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model name or `package.module:factory`.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset: `digits`, `fashion-mnist`, `folder:PATH`, ...")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Number of trials (default 8; with --resume: the stored count).")
+    ] = None,
     max_flops: Annotated[
         str | None, typer.Option(help="FLOPs budget: ratio of the base model (0.5) or absolute (20M, 1.2G).")
     ] = None,
@@ -102,12 +108,14 @@ def search(
         str | None, typer.Option(help="Search-space YAML (default: the strategy's own).")
     ] = None,
     set: SetOpt = None,
-    backend: Annotated[str, typer.Option(help="optuna (in-process) or ray (Ray Tune).")] = "optuna",
-    sampler: Annotated[str, typer.Option(help="nsga2 or tpe.")] = "nsga2",
-    workers: Annotated[int, typer.Option(help="Concurrent trials (ray backend).")] = 1,
+    backend: Annotated[
+        str | None, typer.Option(help="optuna (in-process, the default) or ray (Ray Tune).")
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="nsga2 (default) or tpe.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Concurrent trials (ray backend; default 1).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
-    seed: int = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu (default), cuda or auto.")] = None,
     base_epochs: BaseEpochsOpt = None,
     base_lr: BaseLrOpt = None,
     batch_size: BatchOpt = None,
@@ -120,39 +128,55 @@ def search(
         typer.Option(help="Earlier search to draw on pareto.png as a baseline (repeatable)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the search in --out without redoing trials.")
+        bool,
+        typer.Option(
+            help="Continue the search in --out without redoing trials. Options not given are the stored "
+            "search's; strategy, model, data, space, budget and the other settings that define the search "
+            "cannot change."
+        ),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Search a strategy's hyperparameters and budgets; print and save the Pareto front."""
-    from automl_prune.search.orchestrator import run_search
+    from automl_prune.search.config import SearchConfig, parse_key_values
+    from automl_prune.search.orchestrator import resume_config, run_search
 
-    config = _config(
-        strategy=strategy,
-        model=model,
-        data=data,
-        out=str(out),
-        trials=trials,
-        max_flops=max_flops,
-        weights=weights,
-        model_arg=model_arg,
-        data_arg=data_arg,
-        space=space,
-        set=set,
-        backend=backend,
-        sampler=sampler,
-        workers=workers,
-        address=address,
-        seed=seed,
-        device=device,
-        base_epochs=base_epochs,
-        base_lr=base_lr,
-        batch_size=batch_size,
-        tracking_uri=tracking_uri,
-        registered_model=registered_model,
-        compare=list(compare or []),
-        quiet=quiet,
-    )
+    named = {
+        "strategy": strategy,
+        "model": model,
+        "data": data,
+        "trials": trials,
+        "max_flops": max_flops,
+        "weights": weights,
+        "space": space,
+        "backend": backend,
+        "sampler": sampler,
+        "workers": workers,
+        "address": address,
+        "seed": seed,
+        "device": device,
+        "base_epochs": base_epochs,
+        "base_lr": base_lr,
+        "batch_size": batch_size,
+        "tracking_uri": tracking_uri,
+        "registered_model": registered_model,
+        "compare": None if compare is None else list(compare),
+        "overrides": None if set is None else list(set),
+        "model_args": None if model_arg is None else parse_key_values(model_arg, "--model-arg"),
+        "data_args": None if data_arg is None else parse_key_values(data_arg, "--data-arg"),
+    }
+    given = {name: value for name, value in named.items() if value is not None}  # None: not given
+    given["quiet"] = quiet
+    if resume:
+        config = resume_config(out, given)
+    else:
+        missing = [f"--{name}" for name in ("strategy", "model", "data") if name not in given]
+        if missing:
+            raise AutomlPruneError(
+                f"a new search needs {', '.join(missing)}",
+                f"give {', '.join(missing)}, or pass --resume to continue the search stored in {out}",
+            )
+        config = SearchConfig(out=str(out), **given)
     run_search(config, resume=resume, console=Console(quiet=False))
 
 
@@ -176,8 +200,10 @@ def prune(
     quiet: QuietOpt = False,
 ) -> None:
     """One run with the space's defaults (and --set values): no search."""
+    from automl_prune.errors import SearchFailedError
     from automl_prune.search.setup import plan_search, prepare_search
     from automl_prune.search.trial import run_trial
+    from automl_prune.search.validate import check_output_dir
 
     config = _config(
         strategy=strategy,
@@ -198,10 +224,11 @@ def prune(
         batch_size=batch_size,
         quiet=quiet,
     )
+    check_output_dir(out)
     prepared = prepare_search(plan_search(config))
     record = run_trial(prepared, prepared.plan.space.defaults(), 0, out=out)
-    if record.state != "complete":
-        raise AutomlPruneError(f"pruning failed: {record.error}", f"see {out / 'error.txt'}")
+    if record.state != "complete":  # exit 3, like a search whose every trial failed
+        raise SearchFailedError(f"pruning failed: {record.error}", f"see {out / 'error.txt'}")
     base = prepared.base
     console.print_json(
         json.dumps(
@@ -220,6 +247,16 @@ def prune(
     )
 
 
+TrustOption = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model-code",
+        help="Build a model pruned from a module:factory or a local diffusers directory: its spec names "
+        "code to import or a folder to read, so only for files you trust.",
+    ),
+]
+
+
 @app.command()
 def evaluate(
     path: Annotated[Path, typer.Argument(help="A saved pruned model directory.")],
@@ -227,13 +264,15 @@ def evaluate(
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     device: str = "cpu",
     batch_size: int = 64,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Quality, FLOPs, parameters and latency of a saved model."""
     from automl_prune.evaluation import evaluate_saved
 
-    console.print_json(
-        json.dumps(evaluate_saved(path, data=data, split=split, device=device, batch_size=batch_size))
+    report = evaluate_saved(
+        path, data=data, split=split, device=device, batch_size=batch_size, trust_code=trust_model_code
     )
+    console.print_json(json.dumps(report))
 
 
 @app.command()
@@ -241,11 +280,12 @@ def export(
     path: Annotated[Path, typer.Argument(help="A saved pruned model directory.")],
     format: Annotated[str, typer.Option(help="onnx or torchscript.")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")] = None,
+    trust_model_code: TrustOption = False,
 ) -> None:
     """Export a saved model to ONNX or TorchScript at its recorded input shape (batch 1)."""
     from automl_prune.evaluation import export_saved
 
-    console.print(f"wrote {export_saved(path, format, out)}")
+    console.print(f"wrote {export_saved(path, format, out, trust_code=trust_model_code)}")
 
 
 @app.command()
@@ -275,9 +315,13 @@ def front(
     from automl_prune.io import atomic_write_bytes
     from automl_prune.search.orchestrator import baseline_fronts, load_info, load_records
     from automl_prune.search.pareto import front_table, pareto_front, plot_front
+    from automl_prune.search.validate import check_compare, check_output_file
 
+    if plot is not None:
+        check_output_file(plot, "--plot")
     info = load_info(run_dir)
     records = load_records(run_dir)
+    check_compare(list(compare or []), info.config)
     front = pareto_front(records)
     console.print(front_table(front, info, len(records)))
     baselines = baseline_fronts(list(compare or []), info)
@@ -296,7 +340,11 @@ def _fail(problem: str, fix: str, status: int) -> None:
 
 
 def main() -> None:
-    """Console entry point: errors print what is wrong and how to fix it (exit 2), never a traceback.
+    """Console entry point: errors print what is wrong and how to fix it, never a traceback.
+
+    Exit statuses: 0 success; 2 bad input (checked before any work wherever it can be); 3 a search or
+    ``prune`` whose every trial failed (the first failure's reason is printed); 130 interrupted; 1 an
+    unexpected error (a bug).
 
     An unexpected exception (a bug, or a model the strategy cannot handle) is reported the same way,
     with the full traceback written to a file for the bug report.
@@ -308,7 +356,7 @@ def main() -> None:
     try:
         app()
     except AutomlPruneError as exc:
-        _fail(exc.problem, exc.fix, 2)
+        _fail(exc.problem, exc.fix, exc.exit_status)
     except KeyboardInterrupt:
         _fail("interrupted", "finished trials are kept: run the same command with --resume", 130)
     except Exception as exc:

@@ -2,7 +2,12 @@
 
 Every problem a user can cause (a wrong name, a bad file, an unreachable server) is raised as an
 :class:`AutomlPruneError` carrying what is wrong and what to do. The CLI prints exactly these two
-lines and exits with status 2, so nobody has to read a traceback from deep inside a library.
+lines and exits with its ``exit_status``, so nobody has to read a traceback from deep inside a library.
+
+Exit statuses of the CLI: 0 success; 1 an unexpected error (a bug: the traceback goes to a file);
+2 bad input or environment (an :class:`AutomlPruneError`, found before any work wherever it can be);
+3 a search (or ``prune``) whose every trial failed (:class:`SearchFailedError`, with the first
+failure's reason); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from collections.abc import Iterable
 
 class AutomlPruneError(Exception):
     """An error caused by the user's input, with a fix."""
+
+    exit_status = 2  # what the CLI exits with
 
     def __init__(self, problem: str, fix: str = "") -> None:
         super().__init__(problem)
@@ -54,6 +61,10 @@ class CheckpointError(AutomlPruneError):
     """A weights file or saved model that is missing or corrupt."""
 
 
+class UntrustedCodeError(CheckpointError):
+    """A saved model whose spec would import and run code that is not a registered model factory."""
+
+
 class DataError(AutomlPruneError):
     """A dataset that cannot be found or read."""
 
@@ -64,3 +75,13 @@ class TrackingError(AutomlPruneError):
 
 class MetricError(AutomlPruneError):
     """Inputs a metric cannot be computed on (wrong rank, mismatched shapes, too few samples)."""
+
+
+class TrainingDivergedError(AutomlPruneError):
+    """Training whose loss or weights became NaN or infinite (a learning rate far too high)."""
+
+
+class SearchFailedError(AutomlPruneError):
+    """A search that ran, but every one of its trials failed: nothing to put on a front."""
+
+    exit_status = 3

@@ -15,6 +15,7 @@ from automl_prune.progress import Progress
 from automl_prune.pruning import CompositeModel, export_onnx, export_torchscript, load_pruned, read_spec
 from automl_prune.pruning.persistence import MANIFEST
 from automl_prune.search.setup import resolve_device
+from automl_prune.search.validate import check_count, check_output_dir, check_output_file, check_split
 from automl_prune.tasks import task_for
 from automl_prune.tasks.base import Task
 
@@ -28,12 +29,16 @@ def _saved_task(spec: dict[str, Any]) -> tuple[Task, DataSplits]:
 
 
 def evaluate_saved(
-    path: str | Path, *, data: str | None, split: str, device: str, batch_size: int
+    path: str | Path, *, data: str | None, split: str, device: str, batch_size: int, trust_code: bool = False
 ) -> dict[str, Any]:
     """Quality on ``split`` (test by default in the CLI: this is the final report, not selection),
     FLOPs, parameters, the task's timings and its costly report (diffusion: Frechet distances) of a
     saved model, single or composite."""
+    check_split(split)  # the arguments first: nothing is loaded for a typo
+    check_count(batch_size, "--batch-size", 1)
+    resolve_device(device)
     spec = read_spec(path)
+    model = load_pruned(path, trust_code=trust_code)  # first: an untrusted spec stops before any work
     meta = spec["metadata"]
     spec_data = data or meta.get("data")
     if spec_data is None:
@@ -47,7 +52,7 @@ def evaluate_saved(
             "pass the dataset (and --data-arg size=...) the model was pruned on",
         )
     dev = resolve_device(device)
-    model = load_pruned(path).to(dev)
+    model = model.to(dev)
     metrics = task.evaluate(model, splits, split, batch_size=batch_size, device=dev)
     timings = task.latency(model, splits, dev)
     report = task.report(model, splits, dev, Progress(quiet=True))
@@ -70,16 +75,20 @@ def evaluate_saved(
     }
 
 
-def export_saved(path: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+def export_saved(
+    path: str | Path, fmt: str, out: str | Path | None = None, *, trust_code: bool = False
+) -> Path:
     """Export a saved model to ONNX or TorchScript at its recorded input shape, batch 1. A composite is
     exported as one file per part (``part0.onnx``, ...) beside a copy of its manifest (the router) in
     the folder ``out`` (default: ``<path>/export-<fmt>``); the path returned is the manifest's."""
     if fmt not in EXPORTERS:
         raise AutomlPruneError(f"unknown export format {fmt!r}", f"use one of {', '.join(EXPORTERS)}")
     spec = read_spec(path)
+    if out is not None:  # checked before the model is loaded
+        (check_output_dir if "parts" in spec else check_output_file)(out, "--out")
     exporter, suffix = EXPORTERS[fmt]
     task, shapes = _saved_task(spec)
-    model = load_pruned(path)
+    model = load_pruned(path, trust_code=trust_code)
     if not isinstance(model, CompositeModel):
         target = Path(out) if out else Path(path) / f"model{suffix}"
         return exporter(model, task.example_input(shapes), target)

@@ -1,7 +1,8 @@
 """The plugin contract: every hook a plugin may implement.
 
 Registration hooks receive a ``register`` callback (as in llm and datasette) and call it once per thing
-they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker; only
+they provide. Lifecycle hooks are notifications for observers such as the MLflow tracker (``check_search``,
+``search_started``, ``trial_finished``, then ``search_finished`` or ``search_failed``); only
 ``search_finished`` may return something: a line for the user's terminal. Implement them with
 ``hookimpl`` (plugins import it, like everything else they take from the core, from
 :mod:`automl_prune.api`)::
@@ -86,6 +87,14 @@ def search_started(search: SearchInfo) -> None:
 @hookspec
 def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
     """A trial ended, completed or failed; ``trial.model_dir`` holds the saved pruned model."""
+
+
+@hookspec
+def search_failed(search: SearchInfo, error: BaseException) -> None:
+    """The search stopped with ``error`` after ``search_started`` (every trial failed, a hook or the
+    backend raised, or ``KeyboardInterrupt``): ``search_finished`` will not be called. Observers end
+    what they opened (the MLflow tracker marks the parent run FAILED, or KILLED when interrupted).
+    Must not raise: the orchestrator only logs what a hook raises here and re-raises ``error``."""
 
 
 @hookspec

@@ -1,8 +1,14 @@
 """Plugin discovery: built-in and third-party plugins, all through the ``automl_prune`` entry points.
 
 Built-in strategies, models, datasets, tasks and the MLflow tracker are registered in pyproject.toml
-exactly like a third-party package registers its own, so the third-party path runs on every call. A
-plugin that fails to import is recorded (name and error) and reported; the others still load.
+exactly like a third-party package registers its own, so the third-party path runs on every call.
+
+A plugin fails alone: one that cannot be imported, whose registration hook raises, that registers a name
+another plugin already holds, or whose object breaks the contract (a strategy that is not a
+:class:`~automl_prune.strategy.Strategy` subclass, a task without the :class:`~automl_prune.tasks.base.Task`
+members, a factory that is not callable) is recorded with its name and the reason, listed by
+``automl-prune plugins`` and named in the error of a command that asks for a missing name; everything
+else still loads.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any
 import pluggy
 
 from automl_prune import hookspecs
-from automl_prune.errors import UnknownNameError
+from automl_prune.errors import AutomlPruneError
 from automl_prune.registry import Registry
 
 ENTRY_POINT_GROUP = "automl_prune"
@@ -45,46 +51,92 @@ class Plugins:
     failures: list[PluginFailure] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # plugin name -> distribution
 
+    def __post_init__(self) -> None:
+        for registry in (self.strategies, self.models, self.datasets, self.tasks):
+            registry.failures = self.failures  # an unknown name's error lists the plugins that failed
+
     @property
     def hook(self) -> Any:
         return self.pm.hook
 
     def strategy(self, name: str) -> Any:
-        """The strategy class ``name``; an unknown name also lists plugins that failed to load."""
-        try:
-            return self.strategies.get(name)
-        except UnknownNameError as exc:
-            if self.failures:
-                broken = "; ".join(f"{f.name} ({f.error})" for f in self.failures)
-                exc.fix += f"; plugins that failed to load: {broken}"
-            raise
+        """The strategy class ``name``."""
+        return self.strategies.get(name)
+
+
+class ContractError(AutomlPruneError):
+    """A plugin registered something that does not keep the plugin contract."""
 
 
 def _register_strategy(registry: Registry[Any], strategy_cls: Any, *, source: str) -> None:
-    registry.register(strategy_cls.name, strategy_cls, source=source, tasks=tuple(strategy_cls.tasks))
+    from automl_prune.strategy import Strategy
+
+    if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, Strategy)):
+        raise ContractError(f"register_strategies got {strategy_cls!r}, not a subclass of Strategy")
+    name, tasks = getattr(strategy_cls, "name", None), getattr(strategy_cls, "tasks", None)
+    if not isinstance(name, str) or not name or not isinstance(tasks, tuple):
+        raise ContractError(f"strategy {strategy_cls.__name__} needs a `name` string and a `tasks` tuple")
+    registry.register(name, strategy_cls, source=source, tasks=tasks)
 
 
 def _register_named(registry: Registry[Any], name: str, obj: Any, *, source: str, **meta: Any) -> None:
+    if not isinstance(name, str) or not name or not callable(obj):
+        raise ContractError(f"a {registry.kind} is registered as (name, factory), got ({name!r}, {obj!r})")
     registry.register(name, obj, source=source, **meta)
 
 
 def _register_task(registry: Registry[Any], task: Any, *, source: str) -> None:
+    from automl_prune.tasks.base import Task
+
+    if not isinstance(task, Task):
+        members = {*Task.__annotations__, *(m for m in vars(Task) if not m.startswith("_"))}
+        missing = [m for m in members if not hasattr(task, m)]
+        raise ContractError(f"task {task!r} lacks the Task members {', '.join(sorted(missing))}")
     registry.register(task.name, task, source=source)
 
 
+def _register_layer_rule(rules: list[Any], rule: Any, *, source: str) -> None:
+    from automl_prune.pruning.layers import LayerRule
+
+    if not isinstance(rule, LayerRule):
+        raise ContractError(f"register_layer_rules got {rule!r}, not a LayerRule")
+    rules.append(rule)
+
+
 def _fill(plugins: Plugins) -> None:
-    """Call each registration hook once per plugin, so every entry knows the plugin it came from."""
+    """Call each registration hook once per plugin, so every entry knows the plugin it came from; what
+    a plugin gets wrong is recorded as its failure and the rest goes on."""
     calls = {
         "register_strategies": partial(_register_strategy, plugins.strategies),
         "register_models": partial(_register_named, plugins.models),
         "register_datasets": partial(_register_named, plugins.datasets),
         "register_tasks": partial(_register_task, plugins.tasks),
-        "register_layer_rules": lambda rule, source: plugins.layer_rules.append(rule),
+        "register_layer_rules": partial(_register_layer_rule, plugins.layer_rules),
     }
     for hook_name, register in calls.items():
         for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():
-            source = plugins.sources.get(impl.plugin_name, impl.plugin_name)
-            impl.function(register=partial(register, source=source))
+            guarded = partial(_register_or_fail, plugins, register, impl.plugin_name, hook_name)
+            try:
+                impl.function(register=guarded)
+            except Exception as exc:
+                _fail(plugins, impl.plugin_name, hook_name, exc)
+
+
+def _register_or_fail(
+    plugins: Plugins, register: Any, name: str, hook_name: str, *args: Any, **kw: Any
+) -> None:
+    """One registration; a bad entry is the plugin's failure, and its other entries still count."""
+    try:
+        register(*args, source=plugins.sources.get(name, name), **kw)
+    except AutomlPruneError as exc:
+        _fail(plugins, name, hook_name, exc)
+
+
+def _fail(plugins: Plugins, name: str, hook_name: str, exc: Exception) -> None:
+    value = plugins.sources.get(name, name)
+    message = exc.problem if isinstance(exc, AutomlPruneError) else f"{type(exc).__name__}: {exc}"
+    plugins.failures.append(PluginFailure(name, value, f"{hook_name}: {message}"))
+    log.warning("plugin %r: %s failed: %s", name, hook_name, message)
 
 
 def load_plugins(extra: list[Any] | None = None) -> Plugins:

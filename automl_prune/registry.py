@@ -27,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self.failures: list[Any] = []  # plugins that failed to load (``PluginFailure``), named on a miss
 
     def register(self, name: str, obj: T, *, source: str = "?", **meta: Any) -> None:
         if name in self._entries and self._entries[name].source != source:
@@ -41,7 +42,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(self.kind, name, self._entries) from None
+            error = UnknownNameError(self.kind, name, self._entries)
+            if self.failures:
+                broken = "; ".join(f"{f.name} ({f.error})" for f in self.failures)
+                error.fix += f"; plugins that failed to load: {broken}"
+            raise error from None
 
     def get(self, name: str) -> T:
         return self.entry(name).obj

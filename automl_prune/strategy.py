@@ -205,7 +205,10 @@ class Strategy:
     Class attributes:
         name: what users pass to ``--strategy``.
         tasks: the task names it can prune (``classification``, ``image-translation``, ...).
-        space: path of its default search-space YAML (``space_for`` finds a task-specific one).
+        space: path of its default search-space YAML (``space_for`` finds a task-specific one). It is
+            also the declaration of the parameters the strategy knows and needs and of the values it
+            accepts (``limits``): a user's ``--space`` and ``--set`` are checked against it before any
+            work (:mod:`automl_prune.space`).
         version: bump it when ``prepare`` changes, so cached artifacts are not reused.
         prepare_params: the names of its space parameters that shape ``prepare`` (an explainer's
             epochs, a reference set's size); ``prepare`` gets their values as ``settings``. Every space
@@ -244,6 +247,7 @@ class Strategy:
 
     def min_flops(self, architecture: nn.Module, example: Inputs) -> float | None:
         """The fewest FLOPs this strategy can reach on ``architecture`` called with ``example`` (None if
-        unknown). Called on an untrained copy before any training, so an unreachable budget fails early:
-        only the architecture may matter, not the weights."""
+        unknown). Called for every search on an untrained copy before any training, so an unreachable
+        budget, and a model the strategy cannot trace or analyse (an exception here), fail early with
+        ``error:``/``fix:`` instead of in every trial: only the architecture may matter, not the weights."""
         return None

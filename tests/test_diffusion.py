@@ -13,7 +13,7 @@ from automl_prune.data.registry import load_dataset
 from automl_prune.diffusion.sample_quality import encoder_for, first_images, frechet_distances
 from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample, sampler_timesteps
 from automl_prune.diffusion.task import DiffusionTask, unit_range
-from automl_prune.errors import ModelError
+from automl_prune.errors import ModelError, UntrustedCodeError
 from automl_prune.evaluation import evaluate_saved, export_saved
 from automl_prune.flops import count_flops
 from automl_prune.frechet import encode_in_batches, frechet_distance
@@ -311,7 +311,9 @@ def test_diffusers_directory_is_loaded_with_its_weights_and_pruned(digits16, tmp
     assert result.info.base["n_params"] == sum(p.numel() for p in unet.parameters())
     saved = DiffusionTask().evaluate(unet, digits16, "val", batch_size=64, device=torch.device("cpu"))
     assert result.info.base["quality"] == pytest.approx(saved["neg_mse"], rel=1e-5)  # not retrained
-    pruned = automl_prune.load(trial.model_dir)
+    with pytest.raises(UntrustedCodeError, match="trust-model-code"):  # its spec names a directory
+        automl_prune.load(trial.model_dir)
+    pruned = automl_prune.load(trial.model_dir, trust_code=True)
     assert sum(p.numel() for p in pruned.parameters()) < result.info.base["n_params"]
     assert any(p.name.startswith("diffusion_samples_") for p in (out / "figures").iterdir())
 

@@ -7,7 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
+from automl_prune import hookimpl
+from automl_prune.api import Strategy
+from automl_prune.errors import UnknownNameError
 from automl_prune.plugins import get_plugins, load_plugins
 from tests.toy import cli, make_distribution, subprocess_env
 
@@ -75,3 +79,49 @@ def test_plugins_import_the_core_only_through_the_plugin_api() -> None:
     assert files
     offending = [hit for path in files for hit in _core_imports(path)]
     assert not offending, "plugins import core modules other than the plugin API:\n" + "\n".join(offending)
+
+
+class RaisingPlugin:
+    """Its registration hook raises after registering one good model."""
+
+    @staticmethod
+    @hookimpl
+    def register_models(register):
+        register("good-cnn", lambda info: torch.nn.Conv2d(1, 1, 1), task="classification")
+        raise RuntimeError("boom in register_models")
+
+
+class SquattingPlugin:
+    """Takes a name a built-in holds, registers a non-strategy and a task without the Task members."""
+
+    @staticmethod
+    @hookimpl
+    def register_strategies(register):
+        class Magnitude(Strategy):
+            name = "magnitude"
+            tasks = ("classification",)
+
+        register(Magnitude)
+        register(object)
+
+    @staticmethod
+    @hookimpl
+    def register_tasks(register):
+        register(type("HalfTask", (), {"name": "half"})())
+
+
+def test_plugins_fail_alone_and_are_named_where_a_name_is_missing() -> None:
+    plugins = load_plugins(extra=[RaisingPlugin, SquattingPlugin])
+    failures = {(f.name, f.error.split(":")[0]) for f in plugins.failures}
+    assert ("RaisingPlugin", "register_models") in failures
+    errors = " | ".join(f.error for f in plugins.failures)
+    assert "boom in register_models" in errors
+    assert "'magnitude' is registered by both" in errors
+    assert "not a subclass of Strategy" in errors
+    assert "lacks the Task members" in errors and "quality_metric" in errors
+    assert plugins.strategies.entry("magnitude").source.startswith("magnitude (automl-prune)")  # kept
+    assert "good-cnn" in plugins.models and "resnet20" in plugins.models  # the rest still loads
+    assert "half" not in plugins.tasks
+    with pytest.raises(UnknownNameError, match="half") as info:
+        plugins.tasks.get("half")
+    assert "SquattingPlugin" in info.value.fix and "lacks the Task members" in info.value.fix

@@ -53,7 +53,7 @@ def outputs(model: nn.Module) -> torch.Tensor:
 def test_round_trip_gives_identical_outputs(tmp_path: Path, name: str, ref: ModelRef, info: DataInfo) -> None:
     model = pruned(name)
     path = save_pruned(model, tmp_path / "model", model_ref=ref, info=info, metadata={"budget": 0.5})
-    loaded = load_pruned(path)
+    loaded = load_pruned(path, trust_code=True)
     assert torch.equal(outputs(loaded), outputs(model))
     assert read_spec(path)["metadata"] == {"budget": 0.5}
 
@@ -66,8 +66,11 @@ def test_the_spec_is_json_and_the_weights_are_safetensors(tmp_path: Path) -> Non
     assert spec["model_ref"] == UNET_GROUP.to_dict() and spec["data_info"]["image_size"] == [32, 32]
     norm = model.encoders[0][1]
     assert spec["modules"]["encoders.0.1"] == {
-        "type": "GroupNorm", "num_groups": norm.num_groups, "num_channels": norm.num_channels,
-        "eps": 1e-5, "affine": True,
+        "type": "GroupNorm",
+        "num_groups": norm.num_groups,
+        "num_channels": norm.num_channels,
+        "eps": 1e-5,
+        "affine": True,
     }
     assert spec["modules"]["head"]["out_channels"] == 3
     assert not {"pool", "up", "encoders.0"} & set(spec["modules"])  # unchanged modules are not recorded
@@ -82,24 +85,24 @@ def test_dropped_blocks_are_recorded_as_identity(tmp_path: Path) -> None:
     model.layer2[2] = nn.Identity()
     path = save_pruned(model, tmp_path / "model", model_ref=RESNET20, info=CIFAR)
     assert read_spec(path)["modules"] == {"layer2.2": {"type": "Identity"}}
-    assert torch.equal(outputs(load_pruned(path)), outputs(model))
+    assert torch.equal(outputs(load_pruned(path, trust_code=True)), outputs(model))
 
 
 def test_missing_or_corrupt_files_raise_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"spec\.json not found"):
-        load_pruned(tmp_path / "nowhere")
+        load_pruned(tmp_path / "nowhere", trust_code=True)
     path = save_pruned(pruned("resnet20"), tmp_path / "model", model_ref=RESNET20, info=CIFAR)
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot load") as error:
-        load_pruned(path)
+        load_pruned(path, trust_code=True)
     assert "save the model again" in error.value.fix
     weights.unlink()
     with pytest.raises(CheckpointError, match="cannot load"):
-        load_pruned(path)
+        load_pruned(path, trust_code=True)
     (path / "spec.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
-        load_pruned(path)
+        load_pruned(path, trust_code=True)
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
@@ -107,7 +110,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     second = save_pruned(pruned("resnet20", seed=2), tmp_path / "b", model_ref=RESNET20, info=CIFAR)
     (first / "model.safetensors").write_bytes((second / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="cannot load"):
-        load_pruned(first)
+        load_pruned(first, trust_code=True)
 
 
 def test_saving_is_atomic(tmp_path: Path) -> None:
@@ -123,7 +126,7 @@ def test_saving_is_atomic(tmp_path: Path) -> None:
     second = pruned("resnet20", seed=2)
     save_pruned(second, target, model_ref=RESNET20, info=CIFAR, metadata={"trial": 2})
     assert read_spec(target)["metadata"] == {"trial": 2}
-    assert torch.equal(outputs(load_pruned(target)), outputs(second))
+    assert torch.equal(outputs(load_pruned(target, trust_code=True)), outputs(second))
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directories left behind
 
 
@@ -182,10 +185,56 @@ def test_a_layer_rule_makes_a_plugin_layer_type_rebuildable(tmp_path: Path, monk
     path = save_pruned(narrow, tmp_path / "with", model_ref=ref, info=CIFAR)
     assert read_spec(path)["modules"]["1"] == {"type": f"{__name__}.Scale", "channels": 4}
     x = torch.randn(2, 3, 8, 8)
-    loaded = load_pruned(path)
+    loaded = load_pruned(path, trust_code=True)
     assert isinstance(loaded[1], Scale) and loaded[1].channels == 4
     with torch.no_grad():
         assert torch.equal(loaded(x), narrow(x))
     monkeypatch.setattr(get_plugins(), "layer_rules", [r for r in get_plugins().layer_rules if r is not rule])
     with pytest.raises(CheckpointError, match="install the plugin"):
+        load_pruned(path, trust_code=True)
+
+
+CALLS: list[dict] = []
+
+
+def counting_factory(width: int = 8) -> nn.Module:
+    CALLS.append({"width": width})
+    return nn.Conv2d(3, width, 1)
+
+
+def planted(tmp_path: Path, name: str, kwargs: dict) -> Path:
+    """A model saved from a registered name whose spec was then edited to name ``name(**kwargs)``."""
+    from automl_prune.models.registry import build_model
+
+    info = DataInfo(name="d", task="classification", in_channels=1, image_size=(8, 8), num_classes=10)
+    path = save_pruned(
+        build_model(ModelRef("plain-cnn"), info), tmp_path / "m", model_ref=ModelRef("plain-cnn"), info=info
+    )
+    spec = json.loads((path / "spec.json").read_text())
+    spec["model_ref"] = {"name": name, "kwargs": kwargs}
+    (path / "spec.json").write_text(json.dumps(spec))
+    return path
+
+
+def test_a_planted_spec_runs_nothing_without_trust(tmp_path: Path) -> None:
+    from automl_prune.errors import UntrustedCodeError
+    from tests.test_cli_errors import assert_clean_error, run
+
+    marker = tmp_path / "pwned"
+    path = planted(tmp_path, "os:system", {"command": f"touch {marker}"})
+    with pytest.raises(UntrustedCodeError, match="'os:system'") as info:
         load_pruned(path)
+    assert "trust_code=True" in info.value.fix and "--trust-model-code" in info.value.fix
+    assert_clean_error(run("evaluate", str(path)), "os:system", "--trust-model-code")
+    assert_clean_error(run("export", str(path)), "os:system")
+    assert not marker.exists()
+
+
+def test_spec_arguments_are_checked_against_the_factory_before_it_runs(tmp_path: Path) -> None:
+    from automl_prune.errors import ModelError
+
+    path = planted(tmp_path, f"{__name__}:counting_factory", {"width": 4, "command": "rm -rf /"})
+    CALLS.clear()
+    with pytest.raises(ModelError, match="does not take"):
+        load_pruned(path, trust_code=True)
+    assert CALLS == []

@@ -15,6 +15,7 @@ import pytest
 from automl_prune.flops import count_flops
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
+from tests.test_run_dirs import check_complete
 from tests.toy import cli, make_distribution, subprocess_env
 
 TOY = [
@@ -108,7 +109,8 @@ def test_kill_9_then_resume_finishes_without_redoing_trials(tmp_path: Path) -> N
     _wait_for_records(out / "trials.jsonl", 2, timeout=240)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    lines_before = (out / "trials.jsonl").read_text().splitlines()
+    done_before = [json.loads(line) for line in lines_before]
     calls_before = len(calls.read_text().splitlines())
     finished = subprocess.run(
         [*args, "--resume"], env={**env, "TOY_SLEEP": "0"}, capture_output=True, text=True, timeout=300
@@ -121,6 +123,9 @@ def test_kill_9_then_resume_finishes_without_redoing_trials(tmp_path: Path) -> N
     new_calls = len(calls.read_text().splitlines()) - calls_before
     assert new_calls == 5 - len(done_before)
     assert "Pareto front" in finished.stdout
+    after = (out / "trials.jsonl").read_text().splitlines()
+    assert all(line in after for line in lines_before)  # byte for byte
+    check_complete(out, 5)  # distinct parameter sets, every MLflow run FINISHED
 
 
 def test_ray_backend_runs_the_same_trials(tmp_path: Path) -> None:

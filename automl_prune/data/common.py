@@ -92,8 +92,13 @@ def image_size_of(path: str | Path, size: int | None) -> tuple[int, int]:
     """(H, W) the loaders yield: ``size`` x ``size``, or the size of the image at ``path``."""
     if size is not None:
         return (size, size)
-    with Image.open(path) as image:
-        return (image.height, image.width)
+    try:
+        with Image.open(path) as image:
+            return (image.height, image.width)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"cannot read image {path}: {exc}", "remove or replace that file (it is corrupt or not an image)"
+        ) from None
 
 
 def file_transform(image_size: tuple[int, int], channels: int) -> Callable[[Image.Image], torch.Tensor]:

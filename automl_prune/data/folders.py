@@ -76,6 +76,21 @@ def _hold_out(
     return [Subset(dataset, idx.tolist()) for idx in parts]
 
 
+def read_image(path: str | Path) -> Image.Image:
+    """The image at ``path``, decoded now (torchvision's loader decodes lazily); a DataError naming the
+    file when it is truncated, corrupt or not an image."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"cannot read image {path}: {exc}",
+            "remove or replace that file (it is truncated, corrupt or not an image), then run again",
+        ) from None
+    return image
+
+
 def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3, seed: int = 0) -> DataSplits:
     """Class-per-subfolder images resized to ``size`` x ``size`` (default: the first image's size)."""
     root = dataset_folder(arg, "folder")
@@ -84,7 +99,7 @@ def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3,
 
     def build(folder: Path) -> ImageFolder:
         try:
-            return ImageFolder(str(folder), transform=transform)
+            return ImageFolder(str(folder), transform=transform, loader=read_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(
                 f"{folder} is not a folder of class folders: {exc}",
@@ -148,8 +163,7 @@ class PairedImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = self.pairs[index]
-        with Image.open(a) as image_a, Image.open(b) as image_b:
-            return self.transform_a(image_a), self.transform_b(image_b)
+        return self.transform_a(read_image(a)), self.transform_b(read_image(b))
 
 
 def paired_folder(

@@ -9,6 +9,7 @@ local safetensors or torch state-dict file.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,40 @@ def split_name(name: str) -> tuple[str, str | None]:
     return (family, arg) if sep else (name, None)
 
 
+def outside_code(ref: ModelRef) -> str | None:
+    """What building ``ref`` would run besides a registered model factory, in words; None when ``ref``
+    is a plain registered name. A saved model's spec names its ``ref``, so loading one that needs more
+    (a ``module:factory`` to import, a local directory to read a config from) must be opted into."""
+    models = get_plugins().models
+    family, arg = split_name(ref.name)
+    if arg is None:
+        return None
+    if family in models:
+        return f"the {family!r} factory reading {arg!r}"
+    return f"the factory {ref.name!r} (imported and called)"
+
+
+def _bind(factory: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Check the keyword arguments against the factory's signature before calling it."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: the call itself checks
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ModelError(
+            f"model {name!r} does not take the arguments {dict(kwargs)}: {exc}",
+            "check the model's keyword arguments (--model-arg) against its factory",
+        ) from exc
+
+
 def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
     """An untrained model for ``ref`` on data described by ``info``.
 
     ``name:arg`` with a registered ``name`` (``diffusers:PATH``) calls that factory as
     ``factory(info, arg, **kwargs)``; any other ``module:factory`` is the user's importable factory.
+    The keyword arguments are checked against the factory's signature before it is called.
     """
     models = get_plugins().models
     family, arg = split_name(ref.name)
@@ -60,6 +90,7 @@ def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
         factory, args = import_factory(ref.name), ()
     else:
         factory, args = models.get(ref.name), (info,)
+    _bind(factory, ref.name, args, ref.kwargs)
     try:
         model = factory(*args, **ref.kwargs)
     except AutomlPruneError:

@@ -9,8 +9,10 @@ some layers reshaped or dropped. The spec records, for every module that differs
 build, its type and constructor arguments (the toolbox's table :data:`SHAPES` for convs, linears and
 norms; a plugin's layer type through a registered ``LayerRule.rebuild``); loading builds the base, swaps
 those modules for fresh ones of the recorded shape and loads the weights strictly. Nothing is
-unpickled, so a saved model cannot run code, and a pruned model whose class cannot rebuild itself (e.g.
-diffusers' ``from_pretrained``) still loads.
+unpickled, and only registered model factories are built unless the caller trusts the spec
+(``trust_code``): a spec naming a ``module:factory`` would otherwise import and call whatever an edited
+file names. A pruned model whose class cannot rebuild itself (e.g. diffusers' ``from_pretrained``) still
+loads.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from automl_prune.data.base import DataInfo
-from automl_prune.errors import CheckpointError
+from automl_prune.errors import CheckpointError, UntrustedCodeError
 from automl_prune.models.base import ModelRef
-from automl_prune.models.registry import build_model
+from automl_prune.models.registry import build_model, outside_code
 from automl_prune.pruning.composite import CompositeModel, router_from_config
 from automl_prune.pruning.layers import LayerRule, layer_rules, rule_of, type_name
 
@@ -198,12 +200,25 @@ def read_spec(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load_pruned(path: str | Path) -> nn.Module:
+def load_pruned(path: str | Path, *, trust_code: bool = False) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned` (a composite with all its parts), with its weights,
-    in eval mode."""
+    in eval mode.
+
+    Only registered model names are built unless ``trust_code``: a spec naming a ``module:factory`` (or
+    a local diffusers directory) is refused before anything is imported, because a spec is a file anyone
+    may have edited and building it would run what it names.
+    """
     spec = read_spec(path)
+    ref = ModelRef.from_dict(spec["model_ref"])
+    if not trust_code and (code := outside_code(ref)) is not None:
+        raise UntrustedCodeError(
+            f"{path} was pruned from {ref.name!r}: loading it runs {code}, which is not a registered "
+            "model, and the spec is a file anyone may have edited",
+            "if you trust where this model comes from, load it with automl_prune.load(path, "
+            "trust_code=True) or pass --trust-model-code",
+        )
     if spec["format"] == COMPOSITE_FORMAT:
-        parts = [load_pruned(Path(path) / name) for name in spec["parts"]]
+        parts = [load_pruned(Path(path) / name, trust_code=trust_code) for name in spec["parts"]]
         return CompositeModel(parts, router_from_config(spec["router"])).eval()
     model = _rebuild(spec)
     weights = Path(path) / WEIGHTS

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_prune.errors import AutomlPruneError
+from automl_prune.search.validate import check_count, check_rate
 
 BACKENDS = ("optuna", "ray")
 SAMPLERS = ("nsga2", "tpe")
@@ -55,6 +56,9 @@ class SearchConfig:
             raise AutomlPruneError(
                 f"--workers must be at least 1, got {self.workers}", "give --workers 1 or more"
             )
+        check_count(self.base_epochs, "--base-epochs", 0)
+        check_count(self.batch_size, "--batch-size", 1)
+        check_rate(self.base_lr, "--base-lr")
 
     @property
     def run_dir(self) -> Path:

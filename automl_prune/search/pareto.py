@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,17 +13,20 @@ from rich.table import Table
 
 from automl_prune.io import atomic_write_bytes, atomic_write_text, png_bytes
 from automl_prune.search.records import SearchInfo, TrialRecord
+from automl_prune.search.rundir import stored_path
 
 
 def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Completed, feasible trials no other trial beats on both quality and FLOPs; sorted by FLOPs.
+    """Completed, feasible trials with a finite quality that no other trial beats on both quality and
+    FLOPs; sorted by FLOPs (a NaN quality, as records of older versions may hold, is never on a front).
 
     A parameter set run twice (Ray's sampler can repeat one) appears once, as its first trial.
     """
     pool, seen = [], set()
     for r in sorted(records, key=lambda r: r.number):
         key = json.dumps(r.params, sort_keys=True, default=str)
-        if r.state == "complete" and r.feasible and key not in seen:
+        finite = r.quality is not None and math.isfinite(r.quality)
+        if r.state == "complete" and r.feasible and finite and key not in seen:
             seen.add(key)
             pool.append(r)
     front = [
@@ -65,7 +69,7 @@ def front_csv(front: Sequence[TrialRecord], info: SearchInfo) -> str:
                 r.n_params,
                 f"{r.latency_ms:.4g}",
                 "" if r.target_flops is None else int(r.target_flops),
-                r.model_dir,
+                stored_path(r.model_dir, info.run_dir),  # relative to the run directory
                 json.dumps(r.params, sort_keys=True),
                 *(f"{r.metrics.get(k, float('nan')):.6g}" for k in extra),
                 info.quality_metric,

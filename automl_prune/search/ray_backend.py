@@ -3,22 +3,100 @@
 Each Ray worker builds the prepared search once (the base model and the strategy's ``prepare`` come
 from the on-disk caches the driver filled), runs trials, and reports the trial record back; the driver
 calls the lifecycle hooks as results arrive, so tracking works the same as in-process.
+
+A resumed search hands Ray's searcher the trials it already ran (:class:`DistinctOptunaSearch`): the
+sampler learns from them, and no parameter set that already ran (or is running) is proposed again, so a
+resumed search tops up to ``--trials`` distinct trials, as the Optuna backend does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.records import TrialRecord
 from automl_prune.search.samplers import make_sampler
 from automl_prune.search.setup import Prepared
+
+log = logging.getLogger(__name__)
+MAX_REPEATS = 20  # as the Optuna backend: after this many repeats in a row, the repeat is run anyway
+MAX_RETRIES = 2  # a trial whose Ray worker died (its node lost, the process killed) is run again
+
+
+def params_key(params: Mapping[str, Any], names: Iterable[str]) -> str:
+    """A parameter set as a key: the values of the searched parameters ``names``."""
+    return json.dumps({n: params.get(n) for n in sorted(names)}, sort_keys=True, default=str)
+
+
+class DistinctOptunaSearch(OptunaSearch):
+    """Ray's Optuna searcher, told the trials that ``finished`` before (a resumed search), and never
+    proposing a parameter set that finished or is running: a repeat is told PRUNED (user attribute
+    ``duplicate_of``) and the sampler asked again, at most :data:`MAX_REPEATS` times in a row."""
+
+    def __init__(self, *args: Any, finished: Sequence[TrialRecord] = (), **kwargs: Any) -> None:
+        self._finished = list(finished)
+        self._seen: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)
+        names = list(self._space or {})
+        for record in self._finished:
+            if not all(n in record.params for n in names):
+                continue
+            params = {n: record.params[n] for n in names}
+            self._seen.setdefault(params_key(params, names), record.number)
+            complete = (
+                record.state == "complete"
+                and record.quality is not None
+                and record.flops is not None
+                and math.isfinite(record.quality)
+            )
+            try:
+                self._ot_study.add_trial(
+                    optuna.trial.create_trial(
+                        state=TrialState.COMPLETE if complete else TrialState.FAIL,
+                        values=[float(record.quality), float(record.flops)] if complete else None,
+                        params=params,
+                        distributions=self._space,
+                    )
+                )
+            except ValueError as exc:  # outside this space: still never repeated, just not learned from
+                log.info("trial %d is not given to the sampler: %s", record.number, exc)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        names = list(self._space or {})
+        for _ in range(MAX_REPEATS):
+            config = super().suggest(trial_id)
+            key = params_key(config or {}, names)
+            twin = self._seen.get(key)
+            if config is None or twin is None:
+                break
+            ot_trial = self._ot_trials.pop(trial_id)
+            ot_trial.set_user_attr("duplicate_of", str(twin))
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        else:
+            config = super().suggest(trial_id)
+            key = params_key(config or {}, names)
+        self._seen.setdefault(key, trial_id)
+        return config
+
+
+def finished_keys(finished: Iterable[TrialRecord], names: Iterable[str]) -> set[str]:
+    """The distinct searched parameter sets of ``finished`` trials (what counts toward ``--trials``)."""
+    names = list(names)
+    return {params_key(r.params, names) for r in finished}
 
 
 def claim_trial_number(run_dir: Path) -> int:
@@ -71,14 +149,37 @@ class ReportTrial(tune.Callback):
         if "record" in result:
             _LISTENERS[self.key](TrialRecord.from_dict(json.loads(result["record"])))
 
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial Ray could not finish, even after :data:`MAX_RETRIES` retries (its worker or node died,
+        so no record came back): recorded as failed under a new number, so that no trial goes missing
+        from the records and MLflow. (A strategy's own errors come back as failed records instead.)"""
+        if "record" in (trial.last_result or {}):  # it died after reporting: its record is in
+            return
+        lines = [line.strip() for line in (trial.get_error() or "").splitlines() if line.strip()]
+        heads = [i for i, line in enumerate(lines) if line.startswith("Failure #")]  # one per try
+        reason = lines[heads[-1] + 1] if heads and heads[-1] + 1 < len(lines) else "no error message"
+        _LISTENERS[self.key](
+            TrialRecord(
+                number=claim_trial_number(Path(self.key)),
+                state="failed",
+                params=dict(trial.config),
+                error=f"Ray could not finish the trial ({max(len(heads), 1)} tries): {reason}",
+            )
+        )
 
-def run_ray(prepared: Prepared, on_trial: Callable[[TrialRecord], None], n_trials: int) -> None:
-    """Run ``n_trials`` through Ray Tune on a local Ray (default) or the cluster at ``config.address``."""
+
+def run_ray(
+    prepared: Prepared, on_trial: Callable[[TrialRecord], None], finished: Sequence[TrialRecord] = ()
+) -> None:
+    """Run the trials missing from ``finished`` (the records so far) up to ``config.trials`` distinct
+    parameter sets, through Ray Tune on a local Ray (default) or the cluster at ``config.address``."""
     import ray
-    from ray.tune.search.optuna import OptunaSearch
 
     config = prepared.plan.config
     space = prepared.plan.space
+    n_trials = config.trials - len(finished_keys(finished, space.searched))
+    if n_trials <= 0:
+        return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results live in trials.jsonl
     if not ray.is_initialized():
@@ -93,14 +194,18 @@ def run_ray(prepared: Prepared, on_trial: Callable[[TrialRecord], None], n_trial
             init["num_cpus"] = config.workers
         ray.init(**init)
 
-    searcher = OptunaSearch(
+    first = [{n: p.default for n, p in space.searched.items()}] if space.searched and not finished else None
+    searcher = DistinctOptunaSearch(
         metric=["quality", "flops"],
         mode=["max", "min"],
         sampler=make_sampler(config.sampler, config.seed, config.trials),
-        points_to_evaluate=[{n: p.default for n, p in space.searched.items()}] if space.searched else None,
+        points_to_evaluate=first,
+        finished=finished,
     )
-    trainable = tune.with_resources(tune.with_parameters(_ray_trial, config=config.to_dict()), {"cpu": 1})
-    key = str(config.run_dir.resolve())
+    run_dir = config.run_dir.resolve()  # workers run in other directories
+    worker_config = {**config.to_dict(), "out": str(run_dir)}
+    trainable = tune.with_resources(tune.with_parameters(_ray_trial, config=worker_config), {"cpu": 1})
+    key = str(run_dir)
     _LISTENERS[key] = on_trial
     tuner = tune.Tuner(
         trainable,
@@ -110,9 +215,10 @@ def run_ray(prepared: Prepared, on_trial: Callable[[TrialRecord], None], n_trial
         ),
         run_config=tune.RunConfig(
             name="ray",
-            storage_path=str(config.run_dir.resolve()),
+            storage_path=str(run_dir),
             verbose=0,
             callbacks=[ReportTrial(key)],
+            failure_config=tune.FailureConfig(max_failures=MAX_RETRIES),
         ),
     )
     try:

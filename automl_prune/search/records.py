@@ -38,6 +38,28 @@ class TrialRecord:
     def from_dict(cls, d: dict[str, Any]) -> TrialRecord:
         return cls(**d)
 
+    def to_stored(self, run_dir: str | Path) -> dict[str, Any]:
+        """The record as ``trials.jsonl`` keeps it: ``model_dir`` and ``figures`` relative to ``run_dir``."""
+        from automl_prune.search.rundir import stored_path
+
+        d = self.to_dict()
+        d["model_dir"] = stored_path(self.model_dir, run_dir)
+        d["figures"] = [stored_path(f, run_dir) for f in self.figures]
+        return d
+
+    @classmethod
+    def from_stored(
+        cls, d: dict[str, Any], run_dir: str | Path, origin: str | Path | None = None
+    ) -> TrialRecord:
+        """A record read from ``run_dir``'s ``trials.jsonl``, its paths rooted at ``run_dir``
+        (``origin``: :func:`~automl_prune.search.rundir.stored_origin`, for older absolute paths)."""
+        from automl_prune.search.rundir import loaded_path
+
+        record = cls.from_dict(d)
+        record.model_dir = loaded_path(record.model_dir, run_dir, origin)
+        record.figures = [loaded_path(f, run_dir, origin) for f in record.figures]
+        return record
+
 
 @dataclass
 class SearchInfo:
@@ -59,12 +81,16 @@ class SearchInfo:
     registered_model: str | None = None
 
     def to_json(self) -> str:
+        """search.json: ``run_dir`` is stored as ``"."``, the directory the file is in, so a run
+        directory can be moved or copied."""
         d = asdict(self)
-        d["run_dir"] = str(self.run_dir)
+        d["run_dir"] = "."
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> SearchInfo:
+    def from_json(cls, text: str, run_dir: str | Path | None = None) -> SearchInfo:
+        """Read search.json; ``run_dir``: the directory it was read from (the run directory), which
+        replaces the stored one (``"."``, or the absolute path older files hold)."""
         d = json.loads(text)
-        d["run_dir"] = Path(d["run_dir"])
+        d["run_dir"] = Path(run_dir if run_dir is not None else d["run_dir"])
         return cls(**d)

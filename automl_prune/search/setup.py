@@ -28,11 +28,12 @@ from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
 from automl_prune.models.base import ModelRef
 from automl_prune.models.pretrained import get_base_model
-from automl_prune.models.registry import build_model
+from automl_prune.models.registry import build_model, load_weights
 from automl_prune.plugins import get_plugins
 from automl_prune.progress import Progress
+from automl_prune.search import validate
 from automl_prune.search.config import SearchConfig
-from automl_prune.space import SearchSpace, load_space
+from automl_prune.space import SearchSpace, conform_space, load_space
 from automl_prune.strategy import Context, Strategy
 from automl_prune.tasks import task_for
 from automl_prune.tasks.base import Task
@@ -84,20 +85,42 @@ class Prepared:
         return self._others[key]
 
 
+DEVICES = "cpu, cuda, cuda:N, mps or auto"
+
+
 def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device`` (cpu, cuda, cuda:N, mps or auto), checked to exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AutomlPruneError(f"device {name!r} requested but CUDA is not available", "use --device cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise AutomlPruneError(f"unknown device {name!r}", f"use {DEVICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AutomlPruneError(f"device {name!r} requested but CUDA is not available", "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise AutomlPruneError(
+                f"device {name!r} requested but there are {torch.cuda.device_count()} CUDA devices",
+                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or cuda",
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise AutomlPruneError(f"device {name!r} requested but MPS is not available", "use --device cpu")
+    elif device.type != "cpu":
+        raise AutomlPruneError(f"device {name!r} is not supported", f"use {DEVICES}")
+    return device
 
 
 def plan_search(config: SearchConfig) -> Plan:
-    """Resolve strategy, data, task, model and space; check the budget is reachable."""
+    """Resolve strategy, data, task, model and space; check everything that can be checked before any
+    training (:mod:`automl_prune.search.validate`), the budget included."""
     plugins = get_plugins()
     strategy: Strategy = plugins.strategy(config.strategy)()
+    resolve_device(config.device)
     data = load_dataset(config.data, **config.data_args)
     task = task_for(config.model, data.info.task)
+    validate.check_data(task, data)
     if task.name not in strategy.tasks:
         raise AutomlPruneError(
             f"strategy {strategy.name!r} prunes {', '.join(strategy.tasks)} models, "
@@ -106,8 +129,15 @@ def plan_search(config: SearchConfig) -> Plan:
         )
     model_ref = ModelRef(config.model, dict(config.model_args))
     architecture = build_model(model_ref, data.info)
+    if config.weights is not None:  # read and fitted now, on the untrained copy, not after minutes
+        load_weights(architecture, config.weights)
     base_flops = task.flops(architecture, data)
-    space = load_space(config.space or strategy.space_for(task.name)).with_overrides(config.overrides)
+    reachable = validate.check_model(strategy, architecture, task.example_input(data, 1), model_ref.name)
+    space = declared = load_space(strategy.space_for(task.name))
+    if config.space:
+        space = conform_space(load_space(config.space), declared, strategy.name)
+    space = space.with_overrides(config.overrides)
+    validate.check_finetune_values(space)
     missing = [name for name in strategy.prepare_params if name not in space.params]
     if missing:
         raise SpaceError(
@@ -118,7 +148,6 @@ def plan_search(config: SearchConfig) -> Plan:
     budget = Budget.parse(config.max_flops)
     max_flops = budget.resolve(base_flops) if budget else None
     if max_flops is not None:
-        reachable = strategy.min_flops(architecture, task.example_input(data, 1))
         if reachable is not None and reachable > max_flops:
             raise BudgetError(
                 f"the FLOPs budget {max_flops / 1e6:.3g}M is below the {reachable / 1e6:.3g}M that "

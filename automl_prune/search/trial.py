@@ -10,11 +10,32 @@ from typing import Any
 
 import torch
 
-from automl_prune.errors import AutomlPruneError
+from automl_prune.errors import AutomlPruneError, TrainingDivergedError
 from automl_prune.io import atomic_write_text
 from automl_prune.pruning.persistence import save_pruned
 from automl_prune.search.records import TrialRecord
 from automl_prune.search.setup import Prepared
+
+
+def divergence(model: torch.nn.Module, metrics: dict[str, Any]) -> str | None:
+    """Why a trained ``model`` has diverged (None: it has not): a NaN or infinite ``val_*``/``test_*``
+    score (e.g. the loss), or NaN or infinite weights or buffers."""
+    bad = [
+        f"{k} = {v}" for k, v in sorted(metrics.items()) if k.startswith(("val_", "test_")) and _nonfinite(v)
+    ]
+    if bad:
+        return ", ".join(bad)
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if n := sum(int((~torch.isfinite(t)).sum()) for t in tensors):
+        return f"{n} of its weights are NaN or infinite"
+    return None
+
+
+def _nonfinite(value: Any) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def trial_dir(run_dir: Path, number: int) -> Path:
@@ -24,7 +45,8 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 def run_trial(
     prepared: Prepared, params: dict[str, Any], number: int, out: Path | None = None
 ) -> TrialRecord:
-    """Run trial ``number`` with ``params``; a failing or NaN trial comes back as state "failed".
+    """Run trial ``number`` with ``params``; a failing, NaN or diverged trial (:func:`divergence`)
+    comes back as state "failed", so it is never on a front, registered or champion.
 
     The pruned model is saved in ``out/model`` (default: the run directory's ``trials/NNNN``).
     """
@@ -38,6 +60,11 @@ def run_trial(
         if not math.isfinite(candidate.quality):
             raise AutomlPruneError(f"trial {number} produced a non-finite quality ({candidate.quality})")
         model = candidate.model.eval()
+        if why := divergence(model, candidate.metrics):
+            raise TrainingDivergedError(
+                f"trial {number} diverged: {why}",
+                "lower the learning rate (the space's lr range or --set lr=...)",
+            )
         task = context.task
         candidate.flops = context.flops(model)
         candidate.params = task.n_params(model)

@@ -37,7 +37,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def split_dataset(data: DataSplits, split: str) -> Any:
     """The dataset of ``split``, checked to be a known split and not empty."""
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DataError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     dataset = getattr(data, split)
     if len(dataset) == 0:
         raise DataError(f"the {split} split of {data.info.name!r} is empty", "use a larger dataset")

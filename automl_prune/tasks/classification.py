@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
+from automl_prune.errors import DataError, TrainingDivergedError
 from automl_prune.progress import Progress
 from automl_prune.tasks.base import SingleCallTask, eval_mode, split_dataset
 
@@ -69,7 +70,8 @@ class ClassificationTask(SingleCallTask):
             model.parameters(), lr=lr, momentum=self.momentum, nesterov=True, weight_decay=self.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
-        for _ in progress.bar(range(epochs), "epochs", total=epochs):
+        for epoch in progress.bar(range(epochs), "epochs", total=epochs):
+            total = torch.zeros((), device=device)
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
                 logits = model(images)
@@ -82,7 +84,23 @@ class ClassificationTask(SingleCallTask):
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
+                total += loss.detach()
+            if not torch.isfinite(total):  # one check per epoch: no sync per step
+                raise TrainingDivergedError(
+                    f"training diverged: the loss became {total.item()} in epoch {epoch + 1} at learning "
+                    f"rate {lr:g}",
+                    "lower the learning rate (--base-lr for the base model, lr in the space for trials)",
+                )
         return model
+
+    def check_data(self, data: DataSplits) -> None:
+        """At least two classes: with one, every prediction is right and accuracy says nothing."""
+        if data.info.num_classes < 2:
+            raise DataError(
+                f"dataset {data.info.name!r} has {data.info.num_classes} class(es); "
+                "classification needs 2 or more",
+                "give a dataset with at least two classes (for folder: data, one subfolder per class)",
+            )
 
     def evaluate(
         self, model: nn.Module, data: DataSplits, split: str, *, batch_size: int, device: torch.device

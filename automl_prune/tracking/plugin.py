@@ -4,7 +4,9 @@
 - ``search_started`` starts the search's parent run (reopens it when the search is resumed);
 - ``trial_finished`` logs the trial as a nested run of it;
 - ``search_finished`` logs the trials still missing and ``pareto.csv`` / ``pareto.png`` on the parent, ends
-  it and promotes the best Pareto point under the budget (:mod:`automl_prune.tracking.registry`).
+  it and promotes the best Pareto point under the budget (:mod:`automl_prune.tracking.registry`);
+- ``search_failed`` ends the parent run FAILED (KILLED when interrupted), with the error as a tag, and
+  promotes nothing.
 
 Every hook builds its own client and checks the store before its first write; the store is described in
 :mod:`automl_prune.tracking.store`, the run layout in :mod:`automl_prune.tracking.runs`.
@@ -23,10 +25,12 @@ from automl_prune.tracking.runs import (
     log_batch,
     log_trial,
     parent_run,
+    read_parent_run_id,
     trial_runs,
 )
 from automl_prune.tracking.store import (
     check_reachable,
+    get_client,
     open_client,
     redact,
     resolve_tracking_uri,
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 @hookimpl
 def check_search(search: SearchInfo) -> None:
     """Fail before any training when the tracking store cannot be reached (nothing is created)."""
-    check_reachable(resolve_tracking_uri(search))
+    check_reachable(resolve_tracking_uri(search), create=False)
 
 
 @hookimpl
@@ -62,6 +66,26 @@ def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
         experiment_id = ensure_experiment(client, search, uri)
         parent_id = parent_run(client, search, uri, experiment_id)
         log_trial(client, search, experiment_id, parent_id, trial)
+
+
+@hookimpl
+def search_failed(search: SearchInfo, error: BaseException) -> None:
+    """End the parent run FAILED (KILLED for an interrupt), tagged with the error; one that was never
+    started is not created. Problems of the store are logged, never raised: the search's own error
+    is what the user must see."""
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    uri = resolve_tracking_uri(search)
+    try:
+        run_id = read_parent_run_id(search.run_dir)
+        if run_id is None:
+            return
+        check_reachable(uri)
+        client = get_client(uri)
+        text = str(getattr(error, "problem", "") or error or type(error).__name__)
+        client.set_tag(run_id, "error", redact(text)[:5000])
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # a failing store must not hide the search's error
+        log.warning("MLflow: could not mark the parent run %s in %s: %s", status, redact(uri), exc)
 
 
 @hookimpl

@@ -2,9 +2,10 @@
 
 Rules (also in the README):
 
-- The candidate is the Pareto-front member with the highest quality among those within the FLOPs budget
-  (``flops <= search.max_flops``; any when the search had no budget) that saved a model; ties go to
-  fewer FLOPs, then the earlier trial. No candidate: nothing is registered and the reason says why.
+- The candidate is the Pareto-front member with the highest (finite: a NaN is never registered) quality
+  among those within the FLOPs budget (``flops <= search.max_flops``; any when the search had no budget)
+  that saved a model; ties go to fewer FLOPs, then the earlier trial. No candidate: nothing is
+  registered and the reason says why.
 - It is registered as a new version of ``search.registered_model`` (default
   ``<strategy>-<model>-<data>``, sanitised to letters, digits, ``_ . -``), whose source is the ``model/``
   artifact of the trial's nested run (a plain directory: spec.json + model.safetensors, or a composite's
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -96,6 +98,7 @@ def select_best(front: list[TrialRecord], max_flops: float | None) -> TrialRecor
         for t in front
         if t.state == "complete"
         and t.quality is not None
+        and math.isfinite(t.quality)
         and t.flops is not None
         and t.model_dir
         and (max_flops is None or t.flops <= max_flops)
@@ -281,12 +284,15 @@ def promote(
 
 
 def _read_trials(path: Path) -> list[TrialRecord]:
-    trials = []
+    """The records of ``trials.jsonl`` at ``path``, their paths rooted at its run directory."""
+    from automl_prune.search.rundir import stored_origin
+
+    trials, origin = [], stored_origin(path.parent)
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
-            trials.append(TrialRecord.from_dict(json.loads(line)))
+            trials.append(TrialRecord.from_stored(json.loads(line), path.parent, origin))
         except (json.JSONDecodeError, TypeError) as exc:
             raise AutomlPruneError(
                 f"{path} line {i} is not a trial record ({exc})",
@@ -303,21 +309,31 @@ def promote_search(
     Reads ``<run_dir>/search.json`` and ``<run_dir>/trials.jsonl``; ``tracking_uri`` and
     ``registered_model`` override what the search used. The search's parent run is reused when the
     store has it (it is not reopened); otherwise a parent run is created and the trials are logged.
+    The run directory is locked meanwhile: a search working in it refuses to start, and the other way
+    round (:mod:`automl_prune.search.rundir`).
     """
     run_dir = Path(run_dir)
-    search_file, trials_file = run_dir / "search.json", run_dir / "trials.jsonl"
-    if not search_file.is_file():
+    if not (run_dir / "search.json").is_file():
         raise AutomlPruneError(
             f"{run_dir} holds no search (no search.json)",
             "pass the run directory of a finished search (it holds search.json and trials.jsonl)",
         )
+    from automl_prune.search.rundir import locked
+
+    with locked(run_dir, "promote"):
+        return _promote_search(run_dir, tracking_uri, registered_model)
+
+
+def _promote_search(
+    run_dir: Path, tracking_uri: str | None, registered_model: str | None
+) -> PromotionDecision:
+    search_file, trials_file = run_dir / "search.json", run_dir / "trials.jsonl"
     try:
-        search = SearchInfo.from_json(search_file.read_text())
+        search = SearchInfo.from_json(search_file.read_text(), run_dir=run_dir)
     except (json.JSONDecodeError, TypeError) as exc:
         raise AutomlPruneError(
             f"{search_file} is not a search record ({exc})", "rerun the search to rewrite it"
         ) from None
-    search.run_dir = run_dir
     if tracking_uri:
         search.tracking_uri = tracking_uri
     if registered_model:

@@ -259,6 +259,7 @@ def ensure_parent_run(client: MlflowClient, search: SearchInfo, uri: str, *, reo
         old = run.data.params
         changed = {f"resume.changed.{k}": v for k, v in params.items() if k in old and old[k] != v}
         tags: dict[str, Any] = dict(changed)
+        tags["automl_prune.run_dir"] = str(Path(search.run_dir).resolve())  # it may have moved
         if reopen:
             tags["resume.count"] = int(run.data.tags.get("resume.count", "0")) + 1
             client.update_run(run_id, status="RUNNING")
@@ -369,7 +370,7 @@ def log_trial(
         for fig in trial.figures or []:
             if Path(fig).is_file():
                 client.log_artifact(run_id, str(fig), "figures")
-        client.log_dict(run_id, trial.to_dict(), "trial.json")
+        client.log_dict(run_id, trial.to_stored(search.run_dir), "trial.json")
     except BaseException:
         with contextlib.suppress(Exception), _quiet_run_links():
             client.set_terminated(run_id, "FAILED")

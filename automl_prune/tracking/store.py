@@ -4,6 +4,11 @@
   ``sqlite:///<run_dir>/mlflow.db`` whose artifacts go to ``<run_dir>/mlartifacts``. For any other local
   SQLite URI the artifacts go to ``mlartifacts/`` beside the database file; an HTTP server decides
   itself (``--artifacts-destination`` / ``--default-artifact-root``).
+- MLflow keeps absolute artifact URIs in its database (experiments, runs, registered versions). When a
+  local SQLite store was moved or copied with its ``mlartifacts/`` (a run directory), :func:`open_client`
+  first points those URIs at the ``mlartifacts/`` beside the database again
+  (:func:`reroot_artifacts`), so the copy logs, reads and registers its own artifacts and never writes
+  into the original.
 - before the first write of every hook the server is checked with one ``GET /health`` without retries and
   with a short timeout (:data:`CHECK_TIMEOUT_S`), so a server that is down gives one clear
   :class:`~automl_prune.errors.TrackingError` within seconds instead of MLflow's minutes of retries, and
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from automl_prune.search.records import SearchInfo
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -64,6 +72,64 @@ def artifact_location(uri: str) -> str | None:
     return (db.resolve().parent / ARTIFACT_DIR).as_uri()
 
 
+# Columns of MLflow's SQL schema that hold artifact URIs (those missing from a schema version are skipped).
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def reroot_artifacts(uri: str) -> int:
+    """Point the artifact URIs of a moved local SQLite store at the ``mlartifacts/`` beside it again.
+
+    An experiment whose artifact location is another folder's ``mlartifacts`` (``file:`` URI) was made
+    where the database lay before it was moved or copied; that prefix is replaced by this database's
+    :func:`artifact_location` in every column of :data:`_ARTIFACT_COLUMNS`, in one transaction. Returns
+    the number of experiments re-rooted (0 when nothing moved, or the URI is not a local SQLite file).
+    """
+    import sqlite3
+
+    db = _sqlite_path(uri)
+    here = artifact_location(uri)
+    if db is None or here is None or not db.is_file():
+        return 0
+    con = sqlite3.connect(str(db), timeout=60)
+    try:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        moved = {
+            loc.rstrip("/")
+            for (loc,) in con.execute("SELECT artifact_location FROM experiments")
+            if loc
+            and loc.startswith("file:")
+            and loc.rstrip("/").endswith("/" + ARTIFACT_DIR)
+            and loc.rstrip("/") != here
+        }
+        if not moved:
+            return 0
+        columns = [
+            (table, column)
+            for table, column in _ARTIFACT_COLUMNS
+            if table in tables and column in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        ]
+        with con:
+            for old in moved:
+                for table, column in columns:
+                    con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                        (here, len(old) + 1, old, len(old) + 1, old + "/"),
+                    )
+    finally:
+        con.close()
+    log.info("MLflow store %s was moved: artifacts re-rooted from %s to %s", db, sorted(moved), here)
+    return len(moved)
+
+
 # --------------------------------------------------------------------------------------- reachability
 
 
@@ -90,14 +156,15 @@ def _short(exc: BaseException, timeout: float) -> str:
     return first[:300]
 
 
-def check_reachable(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+def check_reachable(uri: str, timeout: float = CHECK_TIMEOUT_S, *, create: bool = True) -> None:
     """Raise :class:`TrackingError` unless the tracking store at ``uri`` can be used.
 
     HTTP(S): one ``GET <uri>/health`` with ``max_retries=0`` and ``timeout`` seconds, through MLflow's own
     request code so its TLS and auth settings apply; any answer but a gateway error counts as up.
     The retry count and timeout are passed explicitly, so the check neither depends on nor changes the
     process's ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``MLFLOW_HTTP_REQUEST_TIMEOUT``.
-    Local SQLite: the database's folder is created and must be writable.
+    Local SQLite: the database's folder is created (``create``; else only checked to be creatable, so
+    a check before any work leaves nothing behind) and must be writable.
     """
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
@@ -128,7 +195,13 @@ def check_reachable(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
             )
         return
     db = _sqlite_path(uri)
-    if db is not None:
+    if db is not None and not create:
+        folder = next((p for p in (db.parent, *db.parent.parents) if p.exists()), Path("."))
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise TrackingError(f"the MLflow store {redact(uri)} cannot be created in {folder}", _fix(uri))
+        if db.exists() and not os.access(db, os.W_OK):
+            raise TrackingError(f"the MLflow store {redact(uri)} is not writable", _fix(uri))
+    elif db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -162,7 +235,18 @@ def open_client(search: SearchInfo) -> tuple[str, MlflowClient]:
     uri = resolve_tracking_uri(search)
     check_reachable(uri)
     with tracking_errors(uri, "opening the tracking store"):
+        reroot_artifacts(uri)
+        _forget_artifact_repos()
         return uri, get_client(uri)
+
+
+def _forget_artifact_repos() -> None:
+    """Empty MLflow's process-wide cache of artifact repositories, which is keyed by run id alone: a
+    copied store holds the same run ids as its original, with artifacts elsewhere."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from mlflow.tracking._tracking_service import utils
+
+        utils._artifact_repos_cache.clear()
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.I)
