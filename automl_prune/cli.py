@@ -139,7 +139,8 @@ def search(
 ) -> None:
     """Search a strategy's hyperparameters and budgets; print and save the Pareto front."""
     from automl_prune.search.config import SearchConfig, parse_key_values
-    from automl_prune.search.orchestrator import resume_config, run_search
+    from automl_prune.search.orchestrator import run_search
+    from automl_prune.search.resume import resume_config
 
     named = {
         "strategy": strategy,
@@ -313,8 +314,9 @@ def front(
 ) -> None:
     """Print the Pareto front of an earlier search; optionally plot it against other searches."""
     from automl_prune.io import atomic_write_bytes
-    from automl_prune.search.orchestrator import baseline_fronts, load_info, load_records
+    from automl_prune.search.orchestrator import baseline_fronts
     from automl_prune.search.pareto import front_table, pareto_front, plot_front
+    from automl_prune.search.records import load_info, load_records
     from automl_prune.search.validate import check_compare, check_output_file
 
     if plot is not None:

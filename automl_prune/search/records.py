@@ -1,4 +1,5 @@
-"""Plain records of a search and its trials: what lifecycle hooks receive and what pareto.csv holds."""
+"""Plain records of a search and its trials (what lifecycle hooks receive and what pareto.csv holds), and
+their files in a run directory: ``search.json`` and ``trials.jsonl``, paths stored relative to it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from automl_prune.errors import AutomlPruneError
+from automl_prune.io import atomic_write_text
+from automl_prune.search.rundir import stored_origin
+
+SEARCH_FILE = "search.json"
+TRIALS_FILE = "trials.jsonl"
 
 
 @dataclass
@@ -94,3 +102,49 @@ class SearchInfo:
         d = json.loads(text)
         d["run_dir"] = Path(run_dir if run_dir is not None else d["run_dir"])
         return cls(**d)
+
+
+def load_records(run_dir: Path) -> list[TrialRecord]:
+    """The trial records of ``run_dir``, their paths rooted at ``run_dir`` (they are stored relative)."""
+    path = Path(run_dir) / TRIALS_FILE
+    if not path.exists():
+        return []
+    records, origin = [], stored_origin(run_dir)
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(TrialRecord.from_stored(json.loads(line), run_dir, origin))
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise AutomlPruneError(
+                f"{path} line {i} is not a trial record ({exc})",
+                "restore the file from a copy of the run directory, or rerun the search to rewrite it",
+            ) from None
+    return records
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AutomlPruneError(f"cannot read {path}: {exc}", "restore the file or rerun the search") from None
+
+
+def save_records(run_dir: Path, records: list[TrialRecord]) -> None:
+    text = "".join(json.dumps(r.to_stored(run_dir)) + "\n" for r in records)
+    atomic_write_text(Path(run_dir) / TRIALS_FILE, text)
+
+
+def load_info(run_dir: Path) -> SearchInfo:
+    path = Path(run_dir) / SEARCH_FILE
+    if not path.exists():
+        raise AutomlPruneError(
+            f"{run_dir} holds no search ({SEARCH_FILE} is missing)",
+            "give the --out directory of an earlier `automl-prune search`",
+        )
+    try:
+        return SearchInfo.from_json(_read_text(path), run_dir=Path(run_dir))
+    except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+        raise AutomlPruneError(
+            f"{path} is not a search record ({exc})", "restore it from a copy of the run directory"
+        ) from None
