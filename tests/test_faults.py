@@ -154,6 +154,7 @@ def test_corrupt_image_in_folder_data_is_named(tmp_path: Path) -> None:
     bad.write_bytes(bad.read_bytes()[:40])  # truncated after the header
     done = run(*search(tmp_path / "run", data=f"folder:{root}"))
     assert_clean_error(done, f"cannot read image {bad}")
+    assert not (tmp_path / "run").exists()  # found in base training, before the first trial: nothing left
 
 
 # ----------------------------------------------------------------------- exit status and MLflow (4, 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
     )
     hooks = get_plugins().hook
     hooks.check_search(search=info)
+    created = not run_dir.exists()
     lock = lock_run_dir(run_dir, "search")  # creates the run directory; nothing is written before it
     try:
         if (run_dir / SEARCH_FILE).exists() and not resume:  # another search started and ended meanwhile
@@ -126,7 +128,10 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
             save_records(run_dir, load_records(run_dir))
         return _run_locked(config, plan, info, console)
     finally:
+        stored = (run_dir / SEARCH_FILE).exists()
         lock.release()
+        if created and not stored:  # failed before the search was stored (base training): leave nothing
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _run_locked(config: SearchConfig, plan: Plan, info: SearchInfo, console: Console) -> SearchResult:
