@@ -265,13 +265,28 @@ def evaluate(
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     device: str = "cpu",
     batch_size: int = 64,
+    data_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data-arg",
+            help="Dataset option key=value, repeatable; added to (or overriding) the options the model "
+            "was pruned with unless --data names another dataset.",
+        ),
+    ] = None,
     trust_model_code: TrustOption = False,
 ) -> None:
     """Quality, FLOPs, parameters and latency of a saved model."""
     from automl_prune.evaluation import evaluate_saved
+    from automl_prune.search.config import parse_key_values
 
     report = evaluate_saved(
-        path, data=data, split=split, device=device, batch_size=batch_size, trust_code=trust_model_code
+        path,
+        data=data,
+        data_args=parse_key_values(data_arg, "--data-arg"),
+        split=split,
+        device=device,
+        batch_size=batch_size,
+        trust_code=trust_model_code,
     )
     console.print_json(json.dumps(report))
 
@@ -280,10 +295,17 @@ def evaluate(
 def export(
     path: Annotated[Path, typer.Argument(help="A saved pruned model directory.")],
     format: Annotated[str, typer.Option(help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Path | None, typer.Option(help="Output file (default: beside the model).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output file (default: PATH/model.onnx or PATH/model.pt, inside the model directory; "
+            "for a composite model, the folder PATH/export-FORMAT)."
+        ),
+    ] = None,
     trust_model_code: TrustOption = False,
 ) -> None:
-    """Export a saved model to ONNX or TorchScript at its recorded input shape (batch 1)."""
+    """Export a saved model to ONNX (any batch size) or TorchScript (traced at batch 1) at its recorded
+    input shape."""
     from automl_prune.evaluation import export_saved
 
     console.print(f"wrote {export_saved(path, format, out, trust_code=trust_model_code)}")

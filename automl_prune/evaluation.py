@@ -29,11 +29,19 @@ def _saved_task(spec: dict[str, Any]) -> tuple[Task, DataSplits]:
 
 
 def evaluate_saved(
-    path: str | Path, *, data: str | None, split: str, device: str, batch_size: int, trust_code: bool = False
+    path: str | Path,
+    *,
+    data: str | None,
+    split: str,
+    device: str,
+    batch_size: int,
+    trust_code: bool = False,
+    data_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Quality on ``split`` (test by default in the CLI: this is the final report, not selection),
     FLOPs, parameters, the task's timings and its costly report (diffusion: Frechet distances) of a
-    saved model, single or composite."""
+    saved model, single or composite. ``data_args`` are dataset options: they extend or override the
+    ones the model was pruned with, or, with another ``data``, are its only ones."""
     check_split(split)  # the arguments first: nothing is loaded for a typo
     check_count(batch_size, "--batch-size", 1)
     resolve_device(device)
@@ -43,7 +51,8 @@ def evaluate_saved(
     spec_data = data or meta.get("data")
     if spec_data is None:
         raise AutomlPruneError(f"{path} does not record its dataset", "pass --data")
-    splits = load_dataset(spec_data, **({} if data else meta.get("data_args", {})))
+    stored = {} if data else meta.get("data_args", {})
+    splits = load_dataset(spec_data, **{**stored, **(data_args or {})})
     task, saved = _saved_task(spec)
     if splits.info.input_shape != saved.info.input_shape:
         raise AutomlPruneError(
@@ -78,7 +87,8 @@ def evaluate_saved(
 def export_saved(
     path: str | Path, fmt: str, out: str | Path | None = None, *, trust_code: bool = False
 ) -> Path:
-    """Export a saved model to ONNX or TorchScript at its recorded input shape, batch 1. A composite is
+    """Export a saved model to ONNX (dynamic batch axis) or TorchScript (traced at batch 1) at its
+    recorded input shape. A composite is
     exported as one file per part (``part0.onnx``, ...) beside a copy of its manifest (the router) in
     the folder ``out`` (default: ``<path>/export-<fmt>``); the path returned is the manifest's."""
     if fmt not in EXPORTERS:

@@ -143,3 +143,39 @@ def test_search_front_and_promote(user_weights: tuple[Path, float], tmp_path: Pa
     assert (tmp_path / "both.png").read_bytes()[:4] == b"\x89PNG"
     promoted = run("promote", str(out))
     assert "champion" in promoted.stdout
+
+
+def test_evaluate_takes_data_args(tmp_path: Path) -> None:
+    """``--data-arg`` reaches the dataset: it extends or overrides the options the model was pruned with."""
+    from typer.testing import CliRunner
+
+    from automl_prune.cli import app
+    from automl_prune.errors import AutomlPruneError
+    from automl_prune.models.base import ModelRef
+    from automl_prune.pruning import save_pruned
+
+    info = load_dataset("digits").info
+    model = resnet20(width=8, in_channels=1)
+    ref = ModelRef("resnet20", {"width": 8})
+    path = save_pruned(
+        model, tmp_path / "model", model_ref=ref, info=info, metadata={"data": "digits", "data_args": {}}
+    )
+    runner = CliRunner()
+    done = runner.invoke(app, ["evaluate", str(path), "--data-arg", "seed=1", "--split", "val"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["data"] == "digits"
+    wrong = runner.invoke(app, ["evaluate", str(path), "--data-arg", "size=8"])
+    assert isinstance(wrong.exception, AutomlPruneError), wrong.output
+    assert "(1, 8, 8)" in wrong.exception.problem  # the option reached the dataset
+    typo = runner.invoke(app, ["evaluate", str(path), "--data-arg", "size"])
+    assert isinstance(typo.exception, AutomlPruneError) and "key=value" in typo.exception.fix
+
+
+def test_export_help_says_where_the_file_goes() -> None:
+    from typer.testing import CliRunner
+
+    from automl_prune.cli import app
+
+    shown = CliRunner().invoke(app, ["export", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert "PATH/model.onnx" in shown.output and "PATH/export-FORMAT" in shown.output

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,29 @@ def test_plugins_fail_alone_and_are_named_where_a_name_is_missing() -> None:
     with pytest.raises(UnknownNameError, match="half") as info:
         plugins.tasks.get("half")
     assert "SquattingPlugin" in info.value.fix and "lacks the Task members" in info.value.fix
+
+
+#: Libraries that only a command's work needs, never the registration of the plugins.
+HEAVY = ("torchvision", "sklearn", "mlflow", "optuna", "diffusers", "ray")
+
+
+def _imported_after(code: str) -> list[str]:
+    probe = f"import sys\n{code}\nprint(','.join(m for m in {(*HEAVY, 'torch')!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_the_cli_and_plugin_registration_import_nothing_heavy() -> None:
+    """``automl-prune --help`` answers at once: the CLI and the package import no torch; registering
+    every plugin imports none of the heavy libraries (torch itself does load then: strategy classes
+    subclass :class:`Strategy` and tasks are registered as instances, both defined with torch)."""
+    assert _imported_after("import automl_prune, automl_prune.cli, automl_prune.plugins") == []
+    loaded = _imported_after("import automl_prune.plugins as p\nassert p.get_plugins().strategies")
+    assert [m for m in loaded if m in HEAVY] == []

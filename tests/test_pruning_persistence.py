@@ -148,6 +148,75 @@ def test_onnx_export_is_valid_and_matches(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+def test_onnx_export_takes_any_batch_size(tmp_path: Path) -> None:
+    """Exported at batch 1, the graph's batch axis is dynamic: batch 8 matches the torch model."""
+    model = pruned("resnet20")
+    path = export_onnx(model, example(), tmp_path / "model.onnx")
+    graph = onnx.load(str(path)).graph
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    session = ReferenceEvaluator(str(path))
+    batch = torch.randn(8, *example().shape[1:], generator=torch.Generator().manual_seed(0))
+    (result,) = session.run(None, {session.input_names[0]: batch.numpy()})
+    with torch.no_grad():
+        expected = model.eval()(batch)
+    assert result.shape[0] == 8
+    assert torch.allclose(torch.from_numpy(result), expected, atol=1e-4)
+
+
+def test_onnx_export_of_a_model_with_several_inputs_takes_any_batch_size(tmp_path: Path) -> None:
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.embed = nn.Embedding(10, 4)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": self.conv(x) + self.embed(t)[:, :, None, None]}
+
+    model = TwoInputs()
+    path = export_onnx(model, (torch.zeros(1, 3, 8, 8), torch.full((1,), 5)), tmp_path / "two.onnx")
+    assert model.training  # its mode is restored
+    graph = onnx.load(str(path)).graph
+    assert [v.type.tensor_type.shape.dim[0].dim_param for v in [*graph.input, *graph.output]] == ["batch"] * 3
+    session = ReferenceEvaluator(str(path))
+    x, t = torch.randn(8, 3, 8, 8), torch.arange(8)
+    (result,) = session.run(None, dict(zip(session.input_names, [x.numpy(), t.numpy()], strict=True)))
+    with torch.no_grad():
+        expected = model.eval()(x, t)["out"]
+    assert torch.allclose(torch.from_numpy(result), expected, atol=1e-5)
+
+
+def _ordinary_modes(tmp_path: Path) -> tuple[int, int]:
+    """The modes ``open`` and ``mkdir`` give under the current umask."""
+    (tmp_path / "probe-dir").mkdir()
+    (tmp_path / "probe-file").write_text("")
+    modes = (tmp_path / "probe-file").stat().st_mode & 0o777, (tmp_path / "probe-dir").stat().st_mode & 0o777
+    (tmp_path / "probe-file").unlink()
+    (tmp_path / "probe-dir").rmdir()
+    return modes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_models_and_exports_get_ordinary_permissions(tmp_path: Path, umask: int) -> None:
+    import os
+
+    from automl_prune.io import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        file_mode, dir_mode = _ordinary_modes(tmp_path)
+        model = pruned("resnet20")
+        saved = save_pruned(model, tmp_path / "model", model_ref=RESNET20, info=CIFAR)
+        exported = export_onnx(model, example(), tmp_path / "model.onnx")
+        written = atomic_write_text(tmp_path / "notes" / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert saved.stat().st_mode & 0o777 == dir_mode
+    for file in [*saved.iterdir(), exported, written]:
+        assert file.stat().st_mode & 0o777 == file_mode, file
+
+
 class Scale(nn.Module):
     """A per-channel scale: a layer type the toolbox does not know, as a plugin might prune one."""
 

@@ -230,3 +230,49 @@ def test_a_space_without_the_prepare_params_fails_at_plan_time(
     monkeypatch.setattr(KeepFirst, "prepare_params", ("explainer_epochs",))
     with pytest.raises(SpaceError, match="explainer_epochs"):
         plan_search(toy_config(tmp_path / "run"))
+
+
+def test_the_optuna_study_names_objectives_and_keeps_trial_details(toy_plugin: Path, tmp_path: Path) -> None:
+    """optuna-dashboard reads the study: named objectives, per-trial details and the FLOPs constraint."""
+    import optuna
+
+    out = tmp_path / "run"
+    result = run_search(toy_config(out, trials=3, max_flops="0.6"))
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    assert study.metric_names == ["val_accuracy", "flops"]
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    records = {r.number: r for r in result.trials if r.state == "complete"}
+    assert complete and {t.number for t in complete} == set(records)
+    for t in complete:
+        record = records[t.number]
+        attrs = t.user_attrs
+        assert attrs["n_params"] == record.n_params and attrs["latency_ms"] == record.latency_ms
+        assert all(attrs[k] == v for k, v in record.metrics.items())
+        assert (out / attrs["model_dir"]).resolve() == Path(record.model_dir).resolve()
+        assert attrs["feasible"] == record.feasible
+        assert set(t.constraints) == {"flops_over_budget"}
+        assert (t.constraints["flops_over_budget"] <= 0) == record.feasible
+    assert {t.number for t in study.best_trials} <= {r.number for r in result.trials if r.feasible}
+
+
+def test_trial_user_attrs_carry_test_metrics_and_a_relative_model_dir(tmp_path: Path) -> None:
+    from automl_prune.search.optuna_backend import trial_attrs
+    from automl_prune.search.records import TrialRecord
+
+    record = TrialRecord(
+        number=1,
+        state="complete",
+        n_params=10,
+        latency_ms=1.5,
+        feasible=True,
+        metrics={"test_accuracy": 0.75, "val_accuracy": 0.8, "broken": float("nan")},
+        model_dir=str(tmp_path / "trials" / "1" / "model"),
+    )
+    assert trial_attrs(record, tmp_path) == {
+        "n_params": 10,
+        "latency_ms": 1.5,
+        "feasible": True,
+        "model_dir": "trials/1/model",
+        "test_accuracy": 0.75,
+        "val_accuracy": 0.8,
+    }

@@ -18,9 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
-from torchvision import transforms as T
 
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.errors import DataError
@@ -37,6 +35,8 @@ def seeded_split(
     baselines see the same splits; stratified by ``labels`` where the class counts allow it, so a
     small held-out split still holds every class.
     """
+    from sklearn.model_selection import train_test_split  # heavy: loaded when data is split
+
     rest, parts = np.arange(n), []
     for size in holdout:
         count = max(1, round(size * n)) if isinstance(size, float) else int(size)
@@ -105,6 +105,8 @@ def file_transform(image_size: tuple[int, int], channels: int) -> Callable[[Imag
     """PIL image -> ``channels`` x H x W tensor in [-1, 1]; every file-backed dataset uses this."""
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, not {channels}", "pass channels=1 (grey) or channels=3")
+    from torchvision import transforms as T  # heavy: loaded when a dataset is built
+
     return T.Compose(
         [
             partial(Image.Image.convert, mode="L" if channels == 1 else "RGB"),

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.common import file_extra, file_transform, image_size_of, seeded_split
 from automl_prune.errors import DataError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
 
 HOLDOUT = 0.15  # fraction of the images held out for val (and for test, when there is no test folder)
 
@@ -37,6 +39,8 @@ def dataset_folder(arg: str | None, kind: str) -> Path:
 
 def image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursively, by torchvision's image extensions), sorted."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS  # heavy: loaded when a folder is read
+
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
 
 
@@ -44,6 +48,8 @@ def first_image(root: Path) -> Path:
     """The first of :func:`image_files` of ``root`` (e.g. to read the image size); a DataError if none."""
     images = image_files(root)
     if not images:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
         raise DataError(f"no images in {root}", f"put image files ({', '.join(IMG_EXTENSIONS)}) there")
     return images[0]
 
@@ -96,6 +102,8 @@ def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3,
     root = dataset_folder(arg, "folder")
     image_size = image_size_of(first_image(root), size)
     transform = file_transform(image_size, channels)
+
+    from torchvision.datasets import ImageFolder  # heavy: loaded when the dataset is built
 
     def build(folder: Path) -> ImageFolder:
         try:

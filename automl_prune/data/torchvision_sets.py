@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 from torch.utils.data import Dataset, Subset
 
 from automl_prune.data.base import DataInfo, DataSplits
@@ -36,6 +35,13 @@ class Transformed(Dataset):
         return self.transform(image), int(label)
 
 
+def _tvd() -> Any:
+    """``torchvision.datasets``, imported when a torchvision dataset is asked for (it is heavy)."""
+    import torchvision.datasets
+
+    return torchvision.datasets
+
+
 def _split_argument(cls: type) -> str | None:
     """How the class selects its split: ``train=`` (MNIST, CIFAR) or ``split=`` (SVHN, STL10)."""
     params = inspect.signature(cls).parameters
@@ -56,8 +62,8 @@ def _labels(dataset: Dataset) -> np.ndarray:
 def known_datasets() -> list[str]:
     return [
         name
-        for name in tvd.__all__
-        if isinstance(getattr(tvd, name), type) and _split_argument(getattr(tvd, name)) is not None
+        for name in _tvd().__all__
+        if isinstance(getattr(_tvd(), name), type) and _split_argument(getattr(_tvd(), name)) is not None
     ]
 
 
@@ -77,7 +83,7 @@ def torchvision_dataset(
     """
     if not arg:
         raise DataError("the torchvision dataset needs a class name", "use e.g. --data torchvision:CIFAR10")
-    cls = getattr(tvd, arg, None)
+    cls = getattr(_tvd(), arg, None)
     split_arg = _split_argument(cls) if isinstance(cls, type) else None
     if split_arg is None:
         raise UnknownNameError("torchvision dataset", arg, known_datasets())

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import torchvision.models
 from torch import nn
 
 from automl_prune.data.base import DataInfo
@@ -55,6 +54,8 @@ def replace_stem(model: nn.Module, in_channels: int) -> None:
 
 def torchvision_classifier(arch: str, info: DataInfo, **kwargs: Any) -> nn.Module:
     """An untrained torchvision ``arch`` with ``info``'s classes and input channels."""
+    import torchvision.models  # heavy: loaded when a torchvision model is built
+
     model = getattr(torchvision.models, arch)(weights=None, num_classes=_num_classes(info), **kwargs)
     if info.in_channels != 3:
         replace_stem(model, info.in_channels)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from torch import nn
 
 from automl_prune.data.base import DataInfo
 from automl_prune.errors import CheckpointError, UntrustedCodeError
+from automl_prune.io import dir_mode, file_mode
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model, outside_code
 from automl_prune.pruning.composite import CompositeModel, router_from_config
@@ -119,10 +121,20 @@ def save_pruned(
             (tmp / MANIFEST).write_text(_json(manifest, "manifest"))
         else:
             _write_pruned(model, tmp, model_ref, info, metadata or {})
+        _ordinary_permissions(tmp)
         _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """Give ``folder`` and all in it the modes ``mkdir`` and ``open`` give under the umask: ``mkdtemp``
+    makes the folder 0o700 and safetensors writes its files 0o600."""
+    files, dirs = file_mode(), dir_mode()
+    os.chmod(folder, dirs)
+    for item in folder.rglob("*"):
+        os.chmod(item, dirs if item.is_dir() else files)
 
 
 def _json(value: dict[str, Any], what: str) -> str:

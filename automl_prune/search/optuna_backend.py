@@ -1,14 +1,25 @@
-"""In-process search with an Optuna study in SQLite, so a killed search resumes where it stopped."""
+"""In-process search with an Optuna study in SQLite, so a killed search resumes where it stopped.
+
+The study is readable in optuna-dashboard (``optuna-dashboard sqlite:///RUN_DIR/study.db``): the two
+objectives are named (``val_<quality metric>`` and ``flops``), each complete trial carries its test
+metrics, parameter count, latency and model directory as user attributes, and the FLOPs budget is a
+trial constraint (:meth:`optuna.trial.Trial.set_constraint`), which Optuna's samplers, Pareto front and
+plots read to tell feasible from infeasible trials.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from automl_prune.flops import constraint_value
 from automl_prune.search.records import TrialRecord
+from automl_prune.search.rundir import stored_path
 from automl_prune.search.samplers import CONSTRAINT, make_sampler
 from automl_prune.search.setup import Prepared
 from automl_prune.search.trial import run_trial
@@ -27,9 +38,36 @@ def open_study(prepared: Prepared) -> optuna.Study:
         sampler=make_sampler(config.sampler, config.seed, config.trials),
         load_if_exists=True,
     )
+    names = metric_names(prepared.plan.task.quality_metric)
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     if not study.trials:
         study.enqueue_trial({n: p.default for n, p in prepared.plan.space.searched.items()})
     return study
+
+
+def metric_names(quality_metric: str) -> list[str]:
+    """The study's objective names, in the order of its directions (quality up, FLOPs down)."""
+    return [f"val_{quality_metric}", "flops"]
+
+
+def trial_attrs(record: TrialRecord, run_dir: Any) -> dict[str, Any]:
+    """What a complete trial shows as user attributes besides its objectives: test metrics, parameter
+    count, latency, feasibility and the model directory (relative to the run directory)."""
+    attrs: dict[str, Any] = {
+        "n_params": record.n_params,
+        "latency_ms": record.latency_ms,
+        "feasible": record.feasible,
+        "model_dir": stored_path(record.model_dir, run_dir),
+    }
+    attrs.update(record.metrics)
+    return {
+        k: v
+        for k, v in attrs.items()
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+    }
 
 
 def requeue_interrupted(study: optuna.Study) -> int:
@@ -84,6 +122,8 @@ def run_optuna(prepared: Prepared, on_trial: Callable[[TrialRecord], None]) -> N
         record = run_trial(prepared, {**space.fixed, **trial.params}, trial.number)
         if record.state == "complete":
             trial.set_constraint(CONSTRAINT, constraint_value(record.flops, prepared.plan.max_flops))
+            for key, value in trial_attrs(record, config.run_dir).items():
+                trial.set_user_attr(key, value)
             study.tell(trial, [record.quality, record.flops])
         else:
             trial.set_user_attr("error", record.error)
