@@ -164,7 +164,10 @@ def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     assert p["model_args.width"] == "8" and p["overrides"] == '["lr=0.1"]' and p["trials"] == "3"
     assert tags["convention.flops"].startswith("fvcore") and tags["seed"] == "7" and tags["device"] == "cpu"
     assert tags["version.torch"] == torch.__version__ and tags["version.mlflow"] == mlflow.__version__
-    assert m["base_quality"] == m["base_accuracy"] == 0.9 and m["base_flops"] == 2000
+    exp = client.get_experiment(client.get_run(parent_id).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the classic ML view
+    assert m["base_val_accuracy"] == 0.9 and m["base_macs"] == 2000  # one metric per fact
+    assert not {"base_quality", "base_accuracy", "base_flops"} & set(m)
     assert m["n_trials"] == 4 and m["n_failed"] == 1 and m["pareto_size"] == 3
     assert {"pareto.csv", "pareto.png"} <= artifact_paths(client, parent_id)
 
@@ -174,9 +177,10 @@ def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     assert ok.info.status == "FINISHED" and ok.data.tags["state"] == "complete"
     assert ok.data.params == {"ratio": "0.5", "method": "l1"}
     om = ok.data.metrics
-    assert om["accuracy"] == om["quality"] == 0.8 and om["flops"] == 1000 and om["n_params"] == 100
+    assert om["val_accuracy"] == 0.8 and not {"quality", "accuracy", "flops"} & set(om)  # one per fact
+    assert om["macs"] == 1000 and om["flops_ratio"] == 0.5 and om["n_params"] == 100
     assert om["latency_ms"] == 0.3 and om["wall_time_s"] == 2.0 and om["test_accuracy"] == pytest.approx(0.79)
-    assert om["target_flops"] == pytest.approx(1100)
+    assert om["target_macs"] == pytest.approx(1100)
     assert artifact_paths(client, ok.info.run_id) == {
         "model/spec.json", "model/model.safetensors", "figures/saliency.png", "trial.json"}
     assert bad.info.status == "FAILED" and bad.data.tags["error"] == "ValueError: boom"
@@ -268,7 +272,7 @@ def test_resume_reopens_the_same_parent_and_logs_each_trial_once(tmp_path: Path)
     client = client_for(default_tracking_uri(run_dir))
     parent = client.get_run(parent_id)
     assert parent.info.status == "RUNNING" and parent.data.tags["resume.count"] == "1"
-    assert parent.data.metrics["base_accuracy"] == 0.9
+    assert parent.data.metrics["base_val_accuracy"] == 0.9
     plugin.trial_finished(search=search, trial=t0)
     plugin.trial_finished(search=search, trial=t1)
     plugin.search_finished(search=search, trials=[t0, t1], front=[t0, t1])

@@ -192,7 +192,7 @@ def test_hooks_against_a_real_server(mlflow_server: MlflowServer, tmp_path: Path
     kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", ViewType.ALL)
     by_number = {int(r.data.tags["trial_number"]): r for r in kids}
     assert sorted(by_number) == [0, 1]
-    assert by_number[1].data.metrics["accuracy"] == 0.8
+    assert by_number[1].data.metrics["val_accuracy"] == 0.8
     assert {f.path for f in client.list_artifacts(by_number[1].info.run_id, "model")} == {
         "model/model.safetensors",
         "model/spec.json",
@@ -274,7 +274,7 @@ def test_a_whole_search_against_a_real_server(
     runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(runs) == 4 and len(children) == 3
-    assert {float(r.data.metrics["flops"]) for r in children} == {float(t.flops) for t in result.trials}
+    assert {float(r.data.metrics["macs"]) for r in children} == {float(t.flops) for t in result.trials}
     champion = client.get_model_version_by_alias("toy-search", CHAMPION_ALIAS)
     best = max((t for t in result.front), key=lambda t: t.quality)
     assert champion.tags["trial_number"] == str(best.number)

@@ -147,6 +147,11 @@ def _quiet_run_links() -> Iterator[None]:
 # ------------------------------------------------------------------------------- experiment and runs
 
 
+#: MLflow 3's UI opens an experiment in its classic model-training view (runs, metrics, charts) rather
+#: than the GenAI one (traces, prompts) when it carries this tag.
+CLASSIC_VIEW = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_name(search: SearchInfo) -> str:
     return f"{EXPERIMENT_PREFIX}{search.name}"
 
@@ -159,13 +164,16 @@ def ensure_experiment(client: MlflowClient, search: SearchInfo, uri: str) -> str
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location(uri))
+            return client.create_experiment(name, artifact_location=artifact_location(uri), tags=CLASSIC_VIEW)
         except MlflowException:  # created meanwhile by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    for key, value in CLASSIC_VIEW.items():
+        if exp.tags.get(key) != value:  # made by an older automl_prune, or by hand
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -229,11 +237,18 @@ def parent_tags(search: SearchInfo) -> dict[str, Any]:
     return tags
 
 
+#: The record fields logged under the name a reader can tell apart: the quality is the validation
+#: metric, and FLOPs are fvcore multiply-adds (MACs).
+_RENAMED = {"quality": "val_{metric}", "flops": "macs"}
+
+
+def _named(key: str, search: SearchInfo) -> str:
+    return _RENAMED.get(key, key).format(metric=search.quality_metric)
+
+
 def base_metrics(search: SearchInfo) -> dict[str, Any]:
-    metrics = {f"base_{k}": v for k, v in (search.base or {}).items()}
-    if "quality" in (search.base or {}):
-        metrics[f"base_{search.quality_metric}"] = search.base["quality"]
-    return metrics
+    """The base model's measurements, one metric per fact (``base_val_accuracy``, ``base_macs``, ...)."""
+    return {f"base_{_named(k, search)}": v for k, v in (search.base or {}).items()}
 
 
 def parent_run(client: MlflowClient, search: SearchInfo, uri: str, experiment_id: str) -> str:
@@ -311,15 +326,18 @@ def find_trial_run(client: MlflowClient, experiment_id: str, parent_id: str, num
 
 
 def trial_metrics(search: SearchInfo, trial: TrialRecord) -> dict[str, Any]:
+    """One metric per fact: the validation quality once (``val_<metric>``, as the strategy scored it),
+    FLOPs as ``macs`` (fvcore multiply-adds) and as ``flops_ratio`` to the base model's."""
     metrics: dict[str, Any] = dict(trial.metrics or {})
+    metrics.setdefault(_named("quality", search), trial.quality)
+    base = (search.base or {}).get("flops")
     metrics.update(
         {
-            "quality": trial.quality,
-            search.quality_metric: trial.quality,
-            "flops": trial.flops,
+            "macs": trial.flops,
+            "flops_ratio": trial.flops / base if trial.flops is not None and base else None,
             "n_params": trial.n_params,
             "latency_ms": trial.latency_ms,
-            "target_flops": trial.target_flops,
+            "target_macs": trial.target_flops,
             "wall_time_s": trial.wall_time_s,
         }
     )
