@@ -31,6 +31,7 @@ from automl_prune.pruning import (
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
 from automl_prune.tasks import task_for
+from tests.test_pruning_graph import random_keep
 
 pytest.importorskip("diffusers")
 
@@ -57,17 +58,6 @@ def conditional_unet() -> nn.Module:
         attention_head_dim=8,
         norm_num_groups=8,
     ).eval()
-
-
-def random_keep(analysis, seed: int) -> dict[str, torch.Tensor]:
-    """Keep about half of every group's units (at least one), at random."""
-    g = torch.Generator().manual_seed(seed)
-    keep = {}
-    for group in analysis:
-        units = torch.rand(group.units, generator=g) < 0.5
-        units[torch.randint(group.units, (1,), generator=g)] = True
-        keep[group.key] = units.repeat_interleave(group.unit)
-    return keep
 
 
 def attention_heads(model: nn.Module) -> dict[str, int]:
