@@ -182,10 +182,11 @@ def test_frechet_distance_on_a_classifier_of_the_data_separates_noise_from_digit
     encoder = encoder_for(digits16, torch.device("cpu"), _quiet())
     assert "plain-cnn classifier trained on digits" in encoder.name
     extra = digits16.info.extra
-    real = {s: unit_range(first_images(digits16, s, 64), extra) for s in ("val", "test")}
-    between_splits = frechet_distance(
-        encode_in_batches(encoder, real["val"]), encode_in_batches(encoder, real["test"])
-    )
+    real = {
+        s: encode_in_batches(encoder, unit_range(first_images(digits16, s, 64), extra))
+        for s in ("val", "test")
+    }
+    between_splits = frechet_distance(real["val"], real["test"])
     untrained = build_model(ModelRef("ddpm-unet-tiny"), digits16.info)
     fd = frechet_distances(
         untrained,

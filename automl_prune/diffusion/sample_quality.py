@@ -18,7 +18,9 @@ is biased upwards (the bias shrinks with the count), so only values at the same 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,12 +35,22 @@ from automl_prune.frechet import (
     encode_in_batches,
     frechet_distance,
 )
+from automl_prune.io import content_key
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
+from automl_prune.tasks.base import SPLITS
 
 FD_SAMPLES = 256
 ENCODER_MODEL = "plain-cnn"
 SAMPLE_BATCH = 64
+
+
+def unit_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+    """Dataset tensors (standardised by the mean/std ``extra`` records) -> images in [-1, 1]."""
+    shape = (1, -1, 1, 1)
+    mean = torch.as_tensor(extra.get("mean", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    std = torch.as_tensor(extra.get("std", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    return ((images * std + mean) * 2 - 1).clamp(-1, 1)
 
 
 def _pooled(
@@ -93,6 +105,40 @@ def first_images(data: DataSplits, split: str, n: int) -> torch.Tensor:
     return torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The fixed encoder of a dataset and its features of the first :data:`FD_SAMPLES` images of each
+    evaluation split: what every model's samples are compared with."""
+
+    encoder: FeatureEncoder
+    features: dict[str, torch.Tensor]
+
+
+_REFERENCES: dict[str, Reference | None] = {}
+
+
+def reference(data: DataSplits, device: torch.device, progress: Progress) -> Reference | None:
+    """The :class:`Reference` of ``data`` (None: no encoder for it), built once per process, data and
+    device: the run's conventions, the base model and every trial of a search share one."""
+    key = content_key(asdict(data.info), str(device))
+    if key not in _REFERENCES:
+        encoder = encoder_for(data, device, progress)
+        _REFERENCES[key] = (
+            None
+            if encoder is None
+            else Reference(
+                encoder,
+                {
+                    split: encode_in_batches(
+                        encoder, unit_range(first_images(data, split, FD_SAMPLES), data.info.extra).to(device)
+                    )
+                    for split in SPLITS[1:]  # val, test
+                },
+            )
+        )
+    return _REFERENCES[key]
+
+
 def frechet_distances(
     model: nn.Module,
     encoder: FeatureEncoder,
@@ -104,8 +150,8 @@ def frechet_distances(
     device: torch.device,
     n: int = FD_SAMPLES,
 ) -> dict[str, float]:
-    """``fd_<split>`` for each ``real`` split ([-1, 1] images): Frechet distances of ``n`` samples of
-    ``shape`` (fixed seeds, so every model starts from the same noise) to those images."""
+    """``fd_<split>`` for each ``real`` split (``encoder`` features of its images): Frechet distances of
+    ``n`` samples of ``shape`` (fixed seeds, so every model starts from the same noise) to them."""
     fake = torch.cat(
         [
             sample(
@@ -121,7 +167,6 @@ def frechet_distances(
     )
     fake_features = encode_in_batches(encoder, fake.to(device))
     metrics = {"fd_samples": float(n)}
-    for split, images in real.items():
-        features = encode_in_batches(encoder, images.to(device))
+    for split, features in real.items():
         metrics[f"fd_{split}"] = frechet_distance(fake_features, features, method="svd")
     return metrics

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
-from automl_prune.diffusion.sample_quality import FD_SAMPLES, encoder_for, first_images, frechet_distances
+from automl_prune.diffusion.sample_quality import FD_SAMPLES, frechet_distances, reference, unit_range
 from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample, sampler_timesteps
 from automl_prune.figures import save_sample_grid
 from automl_prune.flops import FLOPS_CONVENTION
@@ -52,14 +52,6 @@ from automl_prune.tasks.base import SPLITS, SingleCallTask, eval_mode, split_dat
 
 INTERVALS = 4  # timestep quarters the denoising MSE is reported on
 GRID_SAMPLES = 8
-
-
-def unit_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
-    """Dataset tensors (standardised by the mean/std ``extra`` records) -> images in [-1, 1]."""
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(extra.get("mean", [0.5]), dtype=images.dtype, device=images.device).view(shape)
-    std = torch.as_tensor(extra.get("std", [0.5]), dtype=images.dtype, device=images.device).view(shape)
-    return ((images * std + mean) * 2 - 1).clamp(-1, 1)
 
 
 @dataclass(frozen=True)
@@ -206,16 +198,13 @@ class DiffusionTask(SingleCallTask):
         self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress
     ) -> dict[str, float]:
         """``fd_val``/``fd_test``: Frechet distances of samples to real images (:mod:`.sample_quality`)."""
-        encoder = encoder_for(data, device, progress)
-        if encoder is None:
+        ref = reference(data, device, progress)
+        if ref is None:
             return {}
-        real = {
-            split: unit_range(first_images(data, split, FD_SAMPLES), data.info.extra) for split in SPLITS[1:]
-        }
         return frechet_distances(
             model,
-            encoder,
-            real,
+            ref.encoder,
+            ref.features,
             shape=tuple(data.info.input_shape),
             sampler_name=self.sampler,
             steps=self.sample_steps,
@@ -223,13 +212,13 @@ class DiffusionTask(SingleCallTask):
         )
 
     def report_convention(self, data: DataSplits) -> str:
-        encoder = encoder_for(data, torch.device("cpu"), Progress(quiet=True))
-        if encoder is None:
+        ref = reference(data, torch.device("cpu"), Progress(quiet=True))
+        if ref is None:
             return "no Frechet distance: the data has no labels to train an encoder on and is not RGB"
         return (
             f"fd_val/fd_test: Frechet distance of {FD_SAMPLES} samples ({self.sampler.upper()}, "
             f"{self.sample_steps} steps, fixed seeds) to the first {FD_SAMPLES} images of the split; "
-            f"encoder: {encoder.name}"
+            f"encoder: {ref.encoder.name}"
         )
 
     def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
