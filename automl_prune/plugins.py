@@ -59,10 +59,6 @@ class Plugins:
     def hook(self) -> Any:
         return self.pm.hook
 
-    def strategy(self, name: str) -> Any:
-        """The strategy class ``name``."""
-        return self.strategies.get(name)
-
 
 class ContractError(AutomlPruneError):
     """A plugin registered something that does not keep the plugin contract."""

@@ -116,7 +116,7 @@ def plan_search(config: SearchConfig) -> Plan:
     """Resolve strategy, data, task, model and space; check everything that can be checked before any
     training (:mod:`automl_prune.search.validate`), the budget included."""
     plugins = get_plugins()
-    strategy: Strategy = plugins.strategy(config.strategy)()
+    strategy: Strategy = plugins.strategies.get(config.strategy)()
     resolve_device(config.device)
     data = load_dataset(config.data, **config.data_args)
     task = task_for(config.model, data.info.task)
