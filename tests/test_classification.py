@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,27 @@ def test_base_model_from_local_weights(task: ClassificationTask, digits: DataSpl
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(model(x), source(x))
     assert not (tmp_path / "base_models").exists()
+
+
+def test_weights_for_other_classes_are_fine_tuned_under_a_new_head_then_cached(
+    task: ClassificationTask, digits: DataSplits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = dataclasses.replace(digits.info, num_classes=100)
+    source = build_model(SMALL, other)
+    torch.save(source.state_dict(), tmp_path / "w100.pt")
+    kwargs = dict(weights=tmp_path / "w100.pt", epochs=1, lr=0.05, batch_size=64, seed=0, device=CPU)
+    progress, messages = Progress(quiet=True), []
+    monkeypatch.setattr(progress, "log", messages.append)
+    model = get_base_model(SMALL, digits, task, progress=progress, cache_dir=tmp_path, **kwargs)
+    assert any("replaced the classifier head 'fc'" in m for m in messages)
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    assert len(list(tmp_path.glob("base_models/*.safetensors"))) == 1
+    assert not torch.equal(model.conv1.weight.cpu(), source.conv1.weight)  # the backbone was trained too
+
+    monkeypatch.setattr(ClassificationTask, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = get_base_model(SMALL, digits, task, progress=QUIET, cache_dir=tmp_path, **kwargs)
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(again(x), model(x))
+    torch.save(build_model(SMALL, other).state_dict(), tmp_path / "w100.pt")  # other weights, same path
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        get_base_model(SMALL, digits, task, progress=QUIET, cache_dir=tmp_path, **kwargs)

@@ -13,7 +13,8 @@ from torch import nn
 from automl_prune.data.base import DataInfo
 from automl_prune.errors import CheckpointError, ModelError, UnknownNameError
 from automl_prune.models.base import ModelRef
-from automl_prune.models.registry import build_model, load_weights
+from automl_prune.models.checkpoints import load_pretrained, load_weights
+from automl_prune.models.registry import build_model
 from automl_prune.plugins import get_plugins
 
 DIGITS = DataInfo("digits", "classification", in_channels=1, image_size=(16, 16), num_classes=10)
@@ -170,3 +171,37 @@ def test_missing_and_unexpected_keys(tmp_path: Path) -> None:
     save_file(state, str(path))
     with pytest.raises(CheckpointError, match=r"missing fc\.weight; unexpected extra\.weight"):
         load_weights(model, path)
+
+
+def test_pretrained_weights_for_other_classes_get_a_new_head(tmp_path: Path) -> None:
+    imagenet = DataInfo("imagenet", "classification", in_channels=3, image_size=(32, 32), num_classes=1000)
+    path = tmp_path / "imagenet.pt"
+    torch.save(build_model(ModelRef("resnet18"), imagenet).state_dict(), path)
+    model = build_model(ModelRef("resnet18"), RGB32)
+    fresh_head = model.fc.weight.detach().clone()
+    replaced = load_pretrained(model, path)
+    assert replaced is not None and replaced.layer == "fc"
+    assert "'fc'" in str(replaced) and "(1000, 512) -> (5, 512)" in str(replaced)
+    saved = torch.load(path, weights_only=True)
+    loaded = model.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in loaded if not k.startswith("fc."))
+    assert torch.equal(model.fc.weight, fresh_head)  # the data's head, as the factory initialised it
+
+
+def test_pretrained_weights_that_fit_load_as_they_are(tmp_path: Path) -> None:
+    path = tmp_path / "same.pt"
+    torch.save(build_model(ModelRef("resnet20"), DIGITS).state_dict(), path)
+    model = build_model(ModelRef("resnet20"), DIGITS)
+    assert load_pretrained(model, path) is None
+    assert torch.equal(model.conv1.weight, torch.load(path, weights_only=True)["conv1.weight"])
+
+
+def test_a_mismatch_beyond_the_head_stays_a_strict_error(tmp_path: Path) -> None:
+    other = DataInfo("other", "classification", in_channels=1, image_size=(16, 16), num_classes=7)
+    path = tmp_path / "w8.pt"
+    torch.save(build_model(ModelRef("resnet20", {"width": 8}), other).state_dict(), path)
+    model = build_model(ModelRef("resnet20"), DIGITS)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"wrong shape conv1\.weight"):
+        load_pretrained(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

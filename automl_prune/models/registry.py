@@ -1,4 +1,4 @@
-"""Model references -> modules, and local weights -> modules.
+"""Model references -> modules.
 
 A registry name is built as ``factory(info, **kwargs)``, so the zoo adapts classes and channels to the
 data. A name with a colon is the user's own model, ``package.module:factory``, called as
@@ -14,16 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from automl_prune.data.base import DataInfo
-from automl_prune.errors import AutomlPruneError, CheckpointError, ModelError
+from automl_prune.errors import AutomlPruneError, ModelError
 from automl_prune.models.base import ModelRef
 from automl_prune.plugins import get_plugins
-
-SHOWN = 3  # mismatches listed in an error; the rest are counted
-WRAPPER_KEYS = ("state_dict", "model")  # checkpoints that wrap the state dict (Lightning, many repos)
 
 
 def import_factory(target: str) -> Callable[..., Any]:
@@ -123,61 +119,3 @@ def default_weights(name: str) -> Path | None:
         return None
     weights = models.entry(family).meta.get("weights")
     return weights(arg) if weights is not None else None
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file, else a ``torch.save`` file (read with weights_only)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found", "check the path given to --weights")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch and safetensors raise many types for a truncated or foreign file
-        raise CheckpointError(
-            f"cannot read weights file {path}: {type(exc).__name__}: {str(exc)[:200].strip()}",
-            "the file is corrupt or not a state dict; save one with torch.save(model.state_dict(), path) "
-            "or safetensors.torch.save_file",
-        ) from exc
-    wrapped = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj, Mapping) and k in obj), None)
-    state = wrapped if isinstance(wrapped, Mapping) else obj
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            f"weights file {path} holds a {type(state).__name__}, not a state dict of tensors",
-            "save model.state_dict(), not the model object",
-        )
-    return dict(state)
-
-
-def _listed(items: list[str]) -> str:
-    more = f" (and {len(items) - SHOWN} more)" if len(items) > SHOWN else ""
-    return ", ".join(items[:SHOWN]) + more
-
-
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load ``path`` into ``model`` strictly: every key present, none extra, every shape equal."""
-    state = read_state_dict(path)
-    expected = model.state_dict()
-    problems = []
-    if missing := [k for k in expected if k not in state]:
-        problems.append(f"missing {_listed(missing)}")
-    if unexpected := [k for k in state if k not in expected]:
-        problems.append(f"unexpected {_listed(unexpected)}")
-    if wrong := [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]:
-        problems.append(f"wrong shape {_listed(wrong)}")
-    if problems:
-        raise CheckpointError(
-            f"weights file {path} does not fit {type(model).__name__}: {'; '.join(problems)}",
-            "use weights saved from the same architecture (same --model and model arguments, same data "
-            "channels and classes)",
-        )
-    model.load_state_dict(state, strict=True)
-    return model

@@ -27,8 +27,9 @@ from automl_prune.errors import AutomlPruneError, BudgetError, SpaceError
 from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
 from automl_prune.models.base import ModelRef
+from automl_prune.models.checkpoints import load_pretrained
 from automl_prune.models.pretrained import get_base_model
-from automl_prune.models.registry import build_model, load_weights
+from automl_prune.models.registry import build_model
 from automl_prune.plugins import get_plugins
 from automl_prune.progress import Progress
 from automl_prune.search import validate
@@ -130,7 +131,7 @@ def plan_search(config: SearchConfig) -> Plan:
     model_ref = ModelRef(config.model, dict(config.model_args))
     architecture = build_model(model_ref, data.info)
     if config.weights is not None:  # read and fitted now, on the untrained copy, not after minutes
-        load_weights(architecture, config.weights)
+        load_pretrained(architecture, config.weights)
     base_flops = task.flops(architecture, data)
     reachable = validate.check_model(strategy, architecture, task.example_input(data, 1), model_ref.name)
     space = declared = load_space(strategy.space_for(task.name))
