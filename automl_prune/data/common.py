@@ -1,6 +1,7 @@
 """What every dataset factory shares: one seeded split and one set of image transforms.
 
-Conventions (recorded in ``DataInfo.extra`` as ``mean``/``std``):
+Default conventions, which the options of :mod:`automl_prune.data.preprocessing` change (recorded in
+``DataInfo.extra`` as ``mean``/``std`` and ``preprocessing``):
 
 - in-memory tensor datasets (digits, Fashion-MNIST) are standardised per channel with the mean and std
   of their *train* split, so nothing about val/test leaks into training;
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +23,13 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from automl_prune.data.base import DataInfo, DataSplits
+from automl_prune.data.preprocessing import (
+    RANDOM_CROP_SCALE,
+    ImageOptions,
+    Preprocessing,
+    cover_size,
+)
 from automl_prune.errors import DataError
-
-FILE_MEAN, FILE_STD = 0.5, 0.5
 
 
 def seeded_split(
@@ -54,12 +60,41 @@ def seeded_split(
     return [np.sort(rest), *parts]
 
 
-def resize_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Bilinear resize of a float batch (N, C, H, W) to ``size`` x ``size`` (antialiased when shrinking)."""
-    if size is None or tuple(images.shape[-2:]) == (size, size):
-        return images
-    shrink = size < max(images.shape[-2:])
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+def resize_and_crop(
+    images: torch.Tensor, size: tuple[int, int], crop_pct: float = 1.0, interpolation: str = "bilinear"
+) -> torch.Tensor:
+    """A float batch (N, C, H, W) in [0, 1] resized, aspect ratio kept, to :func:`cover_size` (antialiased
+    when shrinking) and centre-cropped to ``size``: the evaluation framing of file-backed data, on tensors."""
+    source = tuple(images.shape[-2:])
+    cover = cover_size(source, size, crop_pct)  # type: ignore[arg-type]
+    if cover != source:
+        shrink = cover[0] < source[0]
+        images = F.interpolate(images, size=cover, mode=interpolation, align_corners=False, antialias=shrink)
+        images = images.clamp(0, 1)  # bicubic overshoots
+    top, left = (round((c - s) / 2) for c, s in zip(cover, size, strict=True))
+    return images[..., top : top + size[0], left : left + size[1]]
+
+
+def random_crop_and_flip(size: tuple[int, int], interpolation: str) -> Callable[[Any], Any]:
+    """The training augmentation (PIL images or C x H x W tensors): a random resized crop to ``size``
+    and a horizontal flip."""
+    from torchvision import transforms as T  # heavy: loaded when a dataset is built
+
+    mode = T.InterpolationMode(interpolation)
+    crop = T.RandomResizedCrop(size, scale=RANDOM_CROP_SCALE, interpolation=mode, antialias=True)
+    return T.Compose([crop, T.RandomHorizontalFlip()])
+
+
+class AugmentedTensors(TensorDataset):
+    """Images and labels in memory whose images get ``transform`` anew at every read (training)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
+        super().__init__(images, labels)
+        self.transform = transform
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = super().__getitem__(index)
+        return self.transform(image), label
 
 
 def tensor_splits(
@@ -68,24 +103,38 @@ def tensor_splits(
     *,
     num_classes: int,
     size: int | None,
+    preprocess: ImageOptions,
     extra: dict | None = None,
 ) -> DataSplits:
-    """Train/val/test ``(images in [0, 1], labels)`` -> resized, standardised in-memory splits."""
-    images = [resize_images(x.float(), size) for x, _ in parts]
-    mean = images[0].mean(dim=(0, 2, 3), keepdim=True)
-    std = images[0].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    train, val, test = (
-        TensorDataset((x - mean) / std, y.long()) for x, (_, y) in zip(images, parts, strict=True)
+    """Train/val/test ``(images in [0, 1], labels)`` -> resized, cropped, normalised in-memory splits
+    (``norm=train``: with the train split's per-channel statistics)."""
+    target = (size, size) if size else tuple(parts[0][0].shape[-2:])
+    images = [
+        resize_and_crop(x.float(), target, preprocess.crop_pct, preprocess.interpolation) for x, _ in parts
+    ]
+    train_stats = (
+        images[0].mean(dim=(0, 2, 3)).tolist(),
+        images[0].std(dim=(0, 2, 3)).clamp_min(1e-6).tolist(),
     )
+    prep = preprocess.resolve(images[0].shape[1], train_stats)
+    mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in (prep.mean, prep.std))
+    (train, train_labels), *held_out = [
+        ((x - mean) / std, y.long()) for x, (_, y) in zip(images, parts, strict=True)
+    ]
+    augment = random_crop_and_flip(target, prep.interpolation) if prep.augment else None
     info = DataInfo(
         name=name,
         task="classification",
         in_channels=images[0].shape[1],
-        image_size=tuple(images[0].shape[-2:]),
+        image_size=target,
         num_classes=num_classes,
-        extra={**(extra or {}), "mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
+        extra={**(extra or {}), **prep.extra(target)},
     )
-    return DataSplits(train, val, test, info)
+    return DataSplits(
+        AugmentedTensors(train, train_labels, augment) if augment else TensorDataset(train, train_labels),
+        *(TensorDataset(*split) for split in held_out),
+        info,
+    )
 
 
 def image_size_of(path: str | Path, size: int | None) -> tuple[int, int]:
@@ -101,22 +150,49 @@ def image_size_of(path: str | Path, size: int | None) -> tuple[int, int]:
         ) from None
 
 
-def file_transform(image_size: tuple[int, int], channels: int) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> ``channels`` x H x W tensor in [-1, 1]; every file-backed dataset uses this."""
+class ResizeToCover:
+    """PIL image -> resized, aspect ratio kept, to :func:`cover_size` (for the centre crop to ``size``)."""
+
+    def __init__(self, size: tuple[int, int], crop_pct: float, interpolation: str) -> None:
+        self.size, self.crop_pct = size, crop_pct
+        self.resample = Image.Resampling[interpolation.upper()]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = cover_size((image.height, image.width), self.size, self.crop_pct)
+        return (
+            image
+            if (height, width) == (image.height, image.width)
+            else image.resize((width, height), self.resample)
+        )
+
+
+def file_transform(
+    image_size: tuple[int, int], channels: int, prep: Preprocessing | None = None, *, train: bool = False
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> ``channels`` x H x W tensor normalised by ``prep`` (default: mean 0.5, std 0.5, i.e.
+    [-1, 1]); every file-backed dataset uses this. Framed for evaluation (resized to cover, centre-cropped:
+    the aspect ratio is kept) or, with ``train``, by the random crop and flip of training."""
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, not {channels}", "pass channels=1 (grey) or channels=3")
+    prep = prep or ImageOptions().resolve(channels)
     from torchvision import transforms as T  # heavy: loaded when a dataset is built
 
+    framing = (
+        [random_crop_and_flip(image_size, prep.interpolation)]
+        if train
+        else [ResizeToCover(image_size, prep.crop_pct, prep.interpolation), T.CenterCrop(image_size)]
+    )
     return T.Compose(
         [
             partial(Image.Image.convert, mode="L" if channels == 1 else "RGB"),
-            T.Resize(image_size),
+            *framing,
             T.ToTensor(),
-            T.Normalize([FILE_MEAN] * channels, [FILE_STD] * channels),
+            T.Normalize(prep.mean, prep.std),
         ]
     )
 
 
 def file_extra(channels: int) -> dict[str, list[float]]:
-    """The normalisation facts of :func:`file_transform`, for ``DataInfo.extra``."""
-    return {"mean": [FILE_MEAN] * channels, "std": [FILE_STD] * channels}
+    """The normalisation facts of :func:`file_transform`'s default, for ``DataInfo.extra``."""
+    prep = ImageOptions().resolve(channels)
+    return {"mean": list(prep.mean), "std": list(prep.std)}

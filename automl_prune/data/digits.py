@@ -6,13 +6,17 @@ import torch
 
 from automl_prune.data.base import DataSplits
 from automl_prune.data.common import seeded_split, tensor_splits
+from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
 
 
-def digits(arg: str | None = None, *, size: int = 16, seed: int = 0) -> DataSplits:
+@takes_image_options(norm="train", augment=False)
+def digits(arg: str | None = None, *, size: int = 16, seed: int = 0, preprocess: ImageOptions) -> DataSplits:
     """Digits upsampled (bilinear) to ``size`` x ``size``, 1 channel; stratified 60/20/20 split by ``seed``.
 
     16x16 by default: the 8x8 originals are too small for a network that downsamples three times.
+    Standardised with the train split's statistics unless ``norm`` or ``mean``/``std`` say otherwise;
+    not augmented by default (a mirrored digit is another glyph, and a crop of 16 pixels loses much).
     """
     if arg:
         raise DataError(f"the digits dataset takes no argument, got {arg!r}", "use --data digits")
@@ -27,5 +31,6 @@ def digits(arg: str | None = None, *, size: int = 16, seed: int = 0) -> DataSpli
         [(images[idx], labels[idx]) for idx in parts],
         num_classes=10,
         size=size,
+        preprocess=preprocess,
         extra={"seed": seed},
     )

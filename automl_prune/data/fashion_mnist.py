@@ -17,6 +17,7 @@ import torch
 
 from automl_prune.data.base import DataSplits
 from automl_prune.data.common import seeded_split, tensor_splits
+from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
 from automl_prune.io import cache_dir
 
@@ -89,6 +90,7 @@ def _load(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images.unsqueeze(1).float().div(255.0), labels
 
 
+@takes_image_options(norm="train", augment=False)
 def fashion_mnist(
     arg: str | None = None,
     *,
@@ -98,10 +100,12 @@ def fashion_mnist(
     val_size: int = 5000,
     seed: int = 0,
     download: bool = True,
+    preprocess: ImageOptions,
 ) -> DataSplits:
     """Fashion-MNIST; val = ``val_size`` images held out of the 60k train set (stratified, seeded),
     test = the official 10k. ``limit_train`` keeps a stratified subset of the rest for quick runs;
-    ``size`` resizes (bilinear) from 28x28.
+    ``size`` resizes from 28x28. Standardised with the train split's statistics unless
+    ``norm`` or ``mean``/``std`` say otherwise; not augmented by default (as digits: small images).
     """
     folder = find_files(arg or root, download=download)
     train_images, train_labels = _load(folder, "train")
@@ -117,5 +121,6 @@ def fashion_mnist(
         ],
         num_classes=10,
         size=size,
+        preprocess=preprocess,
         extra={"seed": seed},
     )

@@ -8,6 +8,7 @@ their splits from ``train/``, ``val/`` and ``test/`` subfolders of PATH when the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.common import file_extra, file_transform, image_size_of, seeded_split
+from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
 
 if TYPE_CHECKING:
@@ -97,11 +99,19 @@ def read_image(path: str | Path) -> Image.Image:
     return image
 
 
-def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3, seed: int = 0) -> DataSplits:
-    """Class-per-subfolder images resized to ``size`` x ``size`` (default: the first image's size)."""
+@takes_image_options(norm="inception", augment=True)
+def image_folder(
+    arg: str | None, *, size: int | None = None, channels: int = 3, seed: int = 0, preprocess: ImageOptions
+) -> DataSplits:
+    """Class-per-subfolder images framed to ``size`` x ``size`` (default: the first image's size).
+
+    Training images are augmented (random resized crop, flip) unless ``augment=false``; val and test
+    get the deterministic evaluation transform (see :mod:`automl_prune.data.preprocessing`).
+    """
     root = dataset_folder(arg, "folder")
     image_size = image_size_of(first_image(root), size)
-    transform = file_transform(image_size, channels)
+    prep = preprocess.resolve(channels)
+    transform = file_transform(image_size, channels, prep)
 
     from torchvision.datasets import ImageFolder  # heavy: loaded when the dataset is built
 
@@ -115,6 +125,8 @@ def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3,
             ) from exc
 
     train, val, test = layout_splits(root, build, lambda ds: ds.targets, seed)
+    if prep.augment:
+        train = _with_transform(train, file_transform(image_size, channels, prep, train=True))
     classes = _dataset_of(train).classes
     if any(_dataset_of(split).classes != classes for split in (val, test)):
         raise DataError(
@@ -127,13 +139,23 @@ def image_folder(arg: str | None, *, size: int | None = None, channels: int = 3,
         in_channels=channels,
         image_size=image_size,
         num_classes=len(classes),
-        extra={"seed": seed, "classes": classes, **file_extra(channels)},
+        extra={"seed": seed, "classes": classes, **prep.extra(image_size)},
     )
     return DataSplits(train, val, test, info)
 
 
 def _dataset_of(split: Dataset) -> ImageFolder:
     return split.dataset if isinstance(split, Subset) else split  # type: ignore[return-value]
+
+
+def _with_transform(split: Dataset, transform: Callable) -> Dataset:
+    """The same items of the same ImageFolder (a Subset keeps its indices, so the seeded split is kept)
+    read through ``transform``; a copy, since val may share the folder with its own transform."""
+    if isinstance(split, Subset):
+        return Subset(_with_transform(split.dataset, transform), split.indices)
+    twin = copy.copy(split)
+    twin.transform = transform  # type: ignore[attr-defined]
+    return twin
 
 
 class PairedImages(Dataset):
@@ -182,7 +204,11 @@ def paired_folder(
     out_channels: int | None = None,
     seed: int = 0,
 ) -> DataSplits:
-    """Paired images for image translation; ``info.extra["out_channels"]`` is the channels of B."""
+    """Paired images for image translation; ``info.extra["out_channels"]`` is the channels of B.
+
+    Always mean 0.5 / std 0.5, i.e. [-1, 1], with no normalisation options: the generators' outputs are
+    tanh in [-1, 1] and are compared with the targets as they are.
+    """
     root = dataset_folder(arg, "paired")
     out_channels = out_channels or channels
     image_size = image_size_of(first_image(root), size)

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from automl_prune.data.base import DataInfo, DataSplits
-from automl_prune.data.common import file_extra, file_transform, seeded_split
+from automl_prune.data.common import file_transform, seeded_split
+from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError, UnknownNameError
 from automl_prune.io import cache_dir
 
@@ -67,6 +68,7 @@ def known_datasets() -> list[str]:
     ]
 
 
+@takes_image_options(norm="inception", augment=True)
 def torchvision_dataset(
     arg: str | None,
     *,
@@ -76,10 +78,12 @@ def torchvision_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     download: bool = True,
+    preprocess: ImageOptions,
 ) -> DataSplits:
     """torchvision's train split minus a stratified, seeded ``val_fraction`` (val), and its test split.
 
-    ``channels`` and ``size`` default to those of the first training image.
+    ``channels`` and ``size`` default to those of the first training image. Training images are
+    augmented (random resized crop, flip) unless ``augment=false``; val and test are not.
     """
     if not arg:
         raise DataError("the torchvision dataset needs a class name", "use e.g. --data torchvision:CIFAR10")
@@ -99,7 +103,9 @@ def torchvision_dataset(
     first, _ = train[0]
     channels = channels or (1 if len(first.getbands()) == 1 else 3)
     image_size = (size, size) if size else (first.height, first.width)
-    transform = file_transform(image_size, channels)
+    prep = preprocess.resolve(channels)
+    transform = file_transform(image_size, channels, prep)
+    train_transform = file_transform(image_size, channels, prep, train=True) if prep.augment else transform
     labels = _labels(train)
     train_idx, val_idx = seeded_split(len(train), (val_fraction,), seed=seed, labels=labels)
     info = DataInfo(
@@ -108,10 +114,10 @@ def torchvision_dataset(
         in_channels=channels,
         image_size=image_size,
         num_classes=int(labels.max()) + 1,
-        extra={"seed": seed, **file_extra(channels)},
+        extra={"seed": seed, **prep.extra(image_size)},
     )
     return DataSplits(
-        Transformed(Subset(train, train_idx.tolist()), transform),
+        Transformed(Subset(train, train_idx.tolist()), train_transform),
         Transformed(Subset(train, val_idx.tolist()), transform),
         Transformed(test, transform),
         info,
