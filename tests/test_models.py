@@ -19,7 +19,11 @@ from automl_prune.plugins import get_plugins
 
 DIGITS = DataInfo("digits", "classification", in_channels=1, image_size=(16, 16), num_classes=10)
 RGB32 = DataInfo("rgb", "classification", in_channels=3, image_size=(32, 32), num_classes=5)
-CLASSIFIERS = [e.name for e in get_plugins().models if e.meta.get("task") == "classification"]
+CLASSIFIERS = [  # the families torchvision:NAME and timm:NAME are tested in test_model_zoo
+    e.name
+    for e in get_plugins().models
+    if e.meta.get("task") == "classification" and not e.meta.get("by_name")
+]
 
 USER_MODULE = """
 from torch import nn

@@ -14,6 +14,7 @@ from torch import nn
 from automl_prune.models.cifar_resnet import cifar_resnet, resnet20, resnet56
 from automl_prune.models.unet import SmallUNet
 from automl_prune.pruning import DependencyAnalysis, analyze
+from automl_prune.pruning.graph import NORMS
 
 ZOO: dict[str, Callable[[], nn.Module]] = {
     "resnet20": resnet20,
@@ -26,19 +27,24 @@ BIG = {"resnet56": resnet56}
 
 
 def build(name: str) -> nn.Module:
-    """A zoo model in eval mode whose norms have non-trivial statistics and affine parameters.
+    """A zoo model in eval mode whose norms have non-trivial statistics and affine parameters."""
+    torch.manual_seed(0)
+    return nontrivial_norms({**ZOO, **BIG}[name]())
+
+
+def nontrivial_norms(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with random norm statistics and affine parameters.
 
     With the defaults (mean 0, var 1, weight 1, bias 0) a norm maps a zeroed channel to zero, so a gate
     placed before the norm would pass the masked == sliced test by luck; these norms do not.
     """
-    torch.manual_seed(0)
-    model = {**ZOO, **BIG}[name]()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.running_mean.normal_(0, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+        if isinstance(m, NORMS) and getattr(m, "weight", None) is not None:
             m.weight.data.uniform_(0.5, 1.5)
+        if isinstance(m, NORMS) and getattr(m, "bias", None) is not None:
             m.bias.data.normal_(0, 0.2)
     return model.eval()
 

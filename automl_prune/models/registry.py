@@ -45,11 +45,13 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 def outside_code(ref: ModelRef) -> str | None:
     """What building ``ref`` would run besides a registered model factory, in words; None when ``ref``
-    is a plain registered name. A saved model's spec names its ``ref``, so loading one that needs more
-    (a ``module:factory`` to import, a local directory to read a config from) must be opted into."""
+    is a plain registered name or a family that only looks its argument up as a name in a library
+    (registered with ``by_name=True``: ``torchvision:resnet18``, ``timm:convnext_atto``). A saved model's
+    spec names its ``ref``, so loading one that needs more (a ``module:factory`` to import, a local
+    directory to read a config from) must be opted into."""
     models = get_plugins().models
     family, arg = split_name(ref.name)
-    if arg is None:
+    if arg is None or (family in models and models.entry(family).meta.get("by_name")):
         return None
     if family in models:
         return f"the {family!r} factory reading {arg!r}"
@@ -84,6 +86,8 @@ def build_model(ref: ModelRef, info: DataInfo) -> nn.Module:
         factory, args = models.get(family), (info, arg)
     elif arg is not None:
         factory, args = import_factory(ref.name), ()
+    elif models.entry(ref.name).meta.get("by_name"):
+        raise ModelError(f"{ref.name!r} is a family of models", f"name one: --model {ref.name}:NAME")
     else:
         factory, args = models.get(ref.name), (info,)
     _bind(factory, ref.name, args, ref.kwargs)

@@ -1,11 +1,13 @@
 """The built-in model zoo, registered through the ``register_models`` hook like any plugin's.
 
 Every factory takes the data's :class:`DataInfo` first, so the same name fits digits, Fashion-MNIST
-or CIFAR. torchvision classifiers are built untrained (``weights=None``, nothing is downloaded); their
-classifier gets ``info.num_classes`` outputs, and for data with other than 3 channels their stem conv is
-replaced by one of the same shape taking ``info.in_channels``. Their ImageNet stem still downsamples
-4x, which suits 32x32 and larger inputs better than 16x16. Pretrained weights are loaded by the caller
-from a local file (``load_weights``).
+or CIFAR. The families ``torchvision:NAME`` and ``timm:NAME`` build any classifier of those libraries
+untrained (nothing is downloaded) with the data's classes and input channels
+(:mod:`~automl_prune.models.torchvision_models`, :mod:`~automl_prune.models.timm_models`); a few
+torchvision names are also registered plainly (``resnet18`` is ``torchvision:resnet18``). Their ImageNet
+stems still downsample 4x or more, which suits 32x32 and larger inputs better than 16x16. Pretrained
+weights are loaded by the caller from a local file (``load_weights``). The layer rules of timm's
+attention (whole heads) are registered here too (:mod:`~automl_prune.models.attention_rules`).
 """
 
 from __future__ import annotations
@@ -17,54 +19,20 @@ from typing import Any
 from torch import nn
 
 from automl_prune.data.base import DataInfo
-from automl_prune.errors import ModelError
 from automl_prune.hookspecs import hookimpl
+from automl_prune.models.by_name import classifier_classes
 from automl_prune.models.cifar_resnet import resnet20, resnet56
 from automl_prune.models.plain_cnn import PlainCNN
+from automl_prune.models.timm_models import timm_family, timm_preprocessing
+from automl_prune.models.torchvision_models import torchvision_classifier, torchvision_family
 from automl_prune.models.unet import SmallUNet
 
 TORCHVISION_CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small")
 
 
-def _num_classes(info: DataInfo) -> int:
-    if info.num_classes < 1:
-        raise ModelError(
-            f"a classifier needs classes, but dataset {info.name!r} ({info.task}) has none",
-            "use a classification dataset, or a model for its task (`automl-prune plugins` lists them)",
-        )
-    return info.num_classes
-
-
-def replace_stem(model: nn.Module, in_channels: int) -> None:
-    """Swap the first conv for one with ``in_channels`` inputs and otherwise the same configuration."""
-    name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    parent_name, _, attr = name.rpartition(".")
-    stem = nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=conv.bias is not None,
-    )
-    setattr(model.get_submodule(parent_name), attr, stem)
-
-
-def torchvision_classifier(arch: str, info: DataInfo, **kwargs: Any) -> nn.Module:
-    """An untrained torchvision ``arch`` with ``info``'s classes and input channels."""
-    import torchvision.models  # heavy: loaded when a torchvision model is built
-
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=_num_classes(info), **kwargs)
-    if info.in_channels != 3:
-        replace_stem(model, info.in_channels)
-    return model
-
-
 def small_image_classifier(builder: Callable[..., nn.Module], info: DataInfo, **kwargs: Any) -> nn.Module:
     """A small-image classifier (CIFAR ResNet, plain CNN) with ``info``'s classes and channels."""
-    return builder(num_classes=_num_classes(info), in_channels=info.in_channels, **kwargs)
+    return builder(num_classes=classifier_classes(info), in_channels=info.in_channels, **kwargs)
 
 
 def unet(info: DataInfo, **kwargs: Any) -> nn.Module:
@@ -96,8 +64,31 @@ def register_models(register: Any) -> None:
             description=f"torchvision {arch}, untrained; stem adapted to the data's channels",
         )
     register(
+        "torchvision",
+        torchvision_family,
+        task="classification",
+        by_name=True,
+        description="torchvision:NAME, any torchvision classifier, untrained; stem adapted to the data",
+    )
+    register(
+        "timm",
+        timm_family,
+        task="classification",
+        by_name=True,
+        preprocessing=timm_preprocessing,
+        description="timm:NAME, any timm model, untrained, for the data's classes and channels (extra: timm)",
+    )
+    register(
         "unet",
         unet,
         task="image-translation",
         description="small U-Net with concatenation skips (base=16, depth=3), tanh output",
     )
+
+
+@hookimpl
+def register_layer_rules(register: Any) -> None:
+    from automl_prune.models.attention_rules import RULES
+
+    for rule in RULES:
+        register(rule)

@@ -40,7 +40,7 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: str | Path) -> Pa
     import onnx
 
     module = model if isinstance(example_input, torch.Tensor) else TensorCall(model, example_input)
-    args = positional(example_input)
+    args = tuple(_two_samples(a) for a in positional(example_input))
     batch = torch.export.Dim(BATCH)
     per_input = tuple({0: batch} if a.dim() > 0 else None for a in args)
     # TensorCall.forward(*tensors) takes its inputs as one variadic argument: one spec for it, a tuple.
@@ -65,6 +65,14 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: str | Path) -> Pa
         onnx.checker.check_model(tmp, full_check=True)
 
     return _write_atomically(path, write)
+
+
+def _two_samples(tensor: torch.Tensor) -> torch.Tensor:
+    """A one-sample example as two: ``torch.export`` specialises a dimension of size 1 to the constant 1
+    (a ViT's class token expanded to the batch, a ConvNeXt) and then fails or drops the dynamic axis."""
+    return (
+        tensor.expand(2, *tensor.shape[1:]).contiguous() if tensor.dim() > 0 and len(tensor) == 1 else tensor
+    )
 
 
 def _write_atomically(path: str | Path, write: Callable[[str], None]) -> Path:

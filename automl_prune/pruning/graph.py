@@ -19,7 +19,7 @@ from torch import nn
 
 from automl_prune.errors import ModelError
 from automl_prune.model_io import Inputs, output_tensors
-from automl_prune.pruning.layers import forced_units
+from automl_prune.pruning.layers import Unit, forced_units
 
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
@@ -43,7 +43,9 @@ class Member:
 class ChannelGroup:
     """Channels that are kept or removed together across all ``members``.
 
-    ``key`` is the root module's qualified name. ``unit`` channels (a GroupNorm group) go together.
+    ``key`` is the root module's qualified name. ``unit`` consecutive group channels go together (a
+    GroupNorm group; an attention head; one channel of every group of a grouped conv, whose group
+    channels are numbered so that its units are consecutive).
     ``gate_points`` are the out-members whose outputs a gate multiplies: every norm, and every conv or
     linear layer whose output does not go straight into a norm.
     """
@@ -65,13 +67,16 @@ class DependencyAnalysis:
     def __init__(self, model: nn.Module, graph: tp.DependencyGraph, tp_groups: dict[str, tp.Group]) -> None:
         self.model = model
         self.graph = graph
-        names = {module: name for name, module in model.named_modules()}
+        names: dict[nn.Module | nn.Parameter, str] = {m: n for n, m in model.named_modules()}
+        params = {p: n for n, p in model.named_parameters()}
         forced = forced_units(model)
         self.groups: list[ChannelGroup] = []
         self.frozen: dict[str, str] = {}  # group key -> why it stays whole
+        self._orders: dict[str, torch.Tensor] = {}  # group key -> torch-pruning channel of each channel
         for key, group in tp_groups.items():
             try:
-                self.groups.append(_channel_group(key, group, graph, names, forced))
+                channel_group, self._orders[key] = _channel_group(key, group, graph, names, params, forced)
+                self.groups.append(channel_group)
             except _Unprunable as exc:
                 self.frozen[key] = str(exc)
         self._tp_groups = {g.key: tp_groups[g.key] for g in self.groups}
@@ -103,7 +108,7 @@ class DependencyAnalysis:
         ``TaylorImportance()`` after a backward pass, ...) on the analysed model's current weights.
         Groups the criterion cannot score (it returns None) are left out."""
         scores = {key: criterion(group) for key, group in self._tp_groups.items()}
-        return {key: s.detach().flatten() for key, s in scores.items() if s is not None}
+        return {key: s.detach().flatten()[self._orders[key]] for key, s in scores.items() if s is not None}
 
 
 def analyze(
@@ -117,7 +122,13 @@ def analyze(
     concatenation whose parts are not multiples of the norm's group size), or that passes through a
     LayerNorm over its channels (a transformer block's width), stays whole and is listed in ``frozen``
     with the reason: removing part of what a norm normalises jointly changes its statistics, so no mask
-    of it could equal a sliced model.
+    of it could equal a sliced model. So does a group that reaches a parameter held outside a layer (a
+    ConvNeXt layer scale, a ViT position embedding or class token: torch-pruning finds these and takes
+    their last non-singleton dimension as the channels; the toolbox does not reshape them); in the
+    families this toolbox prunes those groups are LayerNorm widths anyway.
+
+    A grouped conv keeps its number of groups: each unit of its input and output groups is one channel
+    of every conv group, so all groups shrink alike (RegNet's and ResNeXt's group width constraint).
     """
     was_training = model.training
     try:
@@ -160,32 +171,84 @@ class _Unprunable(Exception):
 
 
 def _channel_group(
-    key: str, group: tp.Group, graph: tp.DependencyGraph, names: dict[nn.Module, str], forced: dict[str, int]
-) -> ChannelGroup:
-    members: list[Member] = []
+    key: str,
+    group: tp.Group,
+    graph: tp.DependencyGraph,
+    names: dict[nn.Module | nn.Parameter, str],
+    params: dict[nn.Parameter, str],
+    forced: dict[str, Unit],
+) -> tuple[ChannelGroup, torch.Tensor]:
+    """The group as records, and which torch-pruning root channel each group channel is."""
+    pairs: list[tuple[str, str, list[tuple[int, int]]]] = []
     for item in group:
         module = item.dep.target.module
         if isinstance(module, nn.Parameter):
-            raise ModelError(
-                f"channel group {key!r} reaches a bare nn.Parameter, which this toolbox cannot slice",
-                f"pass the layer {key!r} in ignored_layers, or wrap the parameter in an nn.Module",
+            raise _Unprunable(
+                f"it reaches the parameter {params.get(module, '?')!r} held outside a layer (a layer "
+                "scale or an embedding), which slicing does not reshape"
             )
         if module not in names:  # torch-pruning's stand-ins for functional ops (add, cat, reshape)
             continue
         side = "out" if graph.is_out_channel_pruning_fn(item.dep.handler) else "in"
-        pairs = sorted(zip(item.root_idxs, item.idxs, strict=True))
-        members.append(
-            Member(names[module], side, tuple(i for _, i in pairs), tuple(int(c) for c, _ in pairs))
-        )
+        pairs.append((names[module], side, list(zip(item.root_idxs, item.idxs, strict=True))))
     size = len(group[0].idxs)
-    modules = {name: module for module, name in names.items()}
+    modules = {name: module for module, name in names.items() if isinstance(module, nn.Module)}
+    units = {(name, side): u for name, side, _ in pairs if (u := _layer_unit(name, side, modules, forced))}
+    position = _renumbering(pairs, units, modules, size)
+    members = [
+        Member(name, side, tuple(i for _, i in ordered), tuple(c for c, _ in ordered))
+        for name, side, channel_idx in pairs
+        for ordered in [sorted((int(position[int(c)]), i) for c, i in channel_idx)]
+    ]
     unit = _unit(key, members, modules)
-    for m in members:
-        if m.side == "out" and m.module in forced:
-            unit = math.lcm(unit, forced[m.module])
+    for u in units.values():
+        unit = math.lcm(unit, u.size * u.repeats)
     if size % unit:
         raise _Unprunable(f"its {size} channels are not a multiple of the blocks its layers need ({unit})")
-    return ChannelGroup(key, size, unit, tuple(members), _gate_points(members, graph, modules))
+    gate_points = _gate_points(members, graph, modules)
+    return ChannelGroup(key, size, unit, tuple(members), gate_points), position.argsort()
+
+
+def _layer_unit(name: str, side: str, modules: dict[str, nn.Module], forced: dict[str, Unit]) -> Unit | None:
+    """The unit one side of a layer imposes: a grouped (not depthwise) conv's, or a layer rule's."""
+    module = modules[name]
+    grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+    if grouped and tp.ops.module2type(module) != tp.ops.OPTYPE.DEPTHWISE_CONV:
+        return Unit(1, module.groups)
+    return forced.get(name) if side == "out" else None
+
+
+def _renumbering(
+    pairs: list[tuple[str, str, list[tuple[int, int]]]],
+    units: dict[tuple[str, str], Unit],
+    modules: dict[str, nn.Module],
+    size: int,
+) -> torch.Tensor:
+    """The group channel number of each torch-pruning root channel, chosen so that the units of strided
+    layers (:class:`Unit` with ``repeats`` > 1) are consecutive; the identity when there are none."""
+    found: torch.Tensor | None = None
+    for name, side, channel_idx in pairs:
+        u = units.get((name, side))
+        if u is None or u.repeats == 1:
+            continue
+        layer = modules[name]
+        channels = _side_channels(layer, side)
+        if len(channel_idx) != size or channels != size or channels % (u.size * u.repeats):
+            raise _Unprunable(f"{name!r} needs its channels in blocks {u} that the group does not cover")
+        position = torch.empty(size, dtype=torch.long)
+        for c, i in channel_idx:
+            position[int(c)] = u.position(i, channels)
+        if found is not None and not torch.equal(found, position):
+            raise _Unprunable(f"the channel blocks of {name!r} do not line up with its group's other layers")
+        found = position
+    return found if found is not None else torch.arange(size)
+
+
+def _side_channels(layer: nn.Module, side: str) -> int:
+    """The input or output channels of a conv or linear layer."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features if side == "in" else layer.out_features
+    return layer.in_channels if side == "in" else layer.out_channels
 
 
 def _unit(key: str, members: list[Member], modules: dict[str, nn.Module]) -> int:

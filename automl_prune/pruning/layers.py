@@ -6,8 +6,10 @@ attention head). A plugin registers a :class:`LayerRule` per such type through t
 ``register_layer_rules`` hook, instead of the toolbox keeping a closed list:
 
 - ``units(module)``: for child layers whose *output* channels must be kept or removed in blocks, the
-  block size (an attention head's ``to_q``/``to_k``/``to_v`` by the head dimension, so the softmax
-  scale, which depends on it, stays the same and a masked head equals a removed one);
+  block: an int for consecutive channels (an attention head's ``to_q``/``to_k``/``to_v`` by the head
+  dimension, so the softmax scale, which depends on it, stays the same and a masked head equals a
+  removed one), or a :class:`Unit` for a block repeated at equal strides (a fused ``qkv`` projection:
+  a head's rows in each of its q, k and v thirds);
 - ``follow(sliced, original)``: fix the module's attributes after slicing (the new head count);
 - ``attributes``: the attributes a saved pruned model records for the module and sets on load;
 - ``rebuild``: for a layer type that pruning reshapes itself (the toolbox knows convs, linears and
@@ -24,12 +26,29 @@ from torch import nn
 
 
 @dataclass(frozen=True)
+class Unit:
+    """Channels of one side of a layer that are kept or removed together: ``size`` consecutive channels
+    in each of ``repeats`` equal slices of the layer's channels (``Unit(head_dim, 3)``: one head of a
+    fused q/k/v projection; ``Unit(1, groups)``: one channel of every group of a grouped conv)."""
+
+    size: int
+    repeats: int = 1
+
+    def position(self, idx: int, channels: int) -> int:
+        """Where channel ``idx`` of ``channels`` goes when the layer's channels are renumbered so that
+        each unit is consecutive (unit 0 first): the identity when ``repeats`` is 1."""
+        stride = channels // self.repeats
+        unit, offset = divmod(idx % stride, self.size)
+        return unit * self.size * self.repeats + idx // stride * self.size + offset
+
+
+@dataclass(frozen=True)
 class LayerRule:
     """How pruning and persistence treat modules of the class ``type``, named ``"package.module.Class"``
     so registering a rule imports nothing (see the module docstring)."""
 
     type: str
-    units: Callable[[nn.Module], dict[str, int]] | None = None
+    units: Callable[[nn.Module], dict[str, int | Unit]] | None = None
     follow: Callable[[nn.Module, nn.Module], None] | None = None
     attributes: tuple[str, ...] = ()
     rebuild: tuple[str, ...] | None = None
@@ -56,15 +75,16 @@ def rule_of(module: nn.Module, rules: dict[str, LayerRule]) -> LayerRule | None:
     return None
 
 
-def forced_units(model: nn.Module) -> dict[str, int]:
-    """Module name -> output-channel block size the layer rules impose on ``model``'s layers."""
+def forced_units(model: nn.Module) -> dict[str, Unit]:
+    """Module name -> the output-channel unit the layer rules impose on ``model``'s layers."""
     rules = layer_rules()
-    out: dict[str, int] = {}
+    out: dict[str, Unit] = {}
     for name, module in model.named_modules():
         rule = rule_of(module, rules)
         if rule is not None and rule.units is not None:
             prefix = f"{name}." if name else ""
-            out.update({prefix + child: unit for child, unit in rule.units(module).items()})
+            for child, unit in rule.units(module).items():
+                out[prefix + child] = unit if isinstance(unit, Unit) else Unit(unit)
     return out
 
 

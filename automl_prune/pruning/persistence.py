@@ -8,7 +8,10 @@ A pruned model is its base architecture (a ``ModelRef`` plus the ``DataInfo`` it
 some layers reshaped or dropped. The spec records, for every module that differs from a fresh base
 build, its type and constructor arguments (the toolbox's table :data:`SHAPES` for convs, linears and
 norms; a plugin's layer type through a registered ``LayerRule.rebuild``); loading builds the base, swaps
-those modules for fresh ones of the recorded shape and loads the weights strictly. Nothing is
+those modules for fresh ones of the recorded shape and loads the weights strictly. A library's subclass
+of one of those layers (timm's ``BatchNormAct2d``, which holds its activation) is not rebuilt but resized
+in place: the base build's module keeps its class and what else it holds, takes the recorded widths, and
+its own tensors are re-allocated at the recorded shapes before the weights load. Nothing is
 unpickled, and only registered model factories are built unless the caller trusts the spec
 (``trust_code``): a spec naming a ``module:factory`` would otherwise import and call whatever an edited
 file names. A pruned model whose class cannot rebuild itself (e.g. diffusers' ``from_pretrained``) still
@@ -26,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -71,13 +75,17 @@ SHAPES: dict[type[nn.Module], tuple[str, ...]] = {
 _BY_NAME = {cls.__name__: cls for cls in SHAPES}
 
 
-def _shape_of(cls: type[nn.Module], rules: dict[str, LayerRule]) -> tuple[str, tuple[str, ...]] | None:
-    """How the spec names ``cls`` and which constructor arguments rebuild it: the toolbox's own table
-    (:data:`SHAPES`), else a layer rule's ``rebuild`` (named by its class path); None: not rebuildable."""
+def _shape_of(cls: type[nn.Module], rules: dict[str, LayerRule]) -> tuple[str, tuple[str, ...], bool] | None:
+    """How the spec names ``cls``, which constructor arguments rebuild it, and whether it is resized in
+    place instead: the toolbox's own table (:data:`SHAPES`), else a layer rule's ``rebuild`` (named by its
+    class path), else a subclass of a :data:`SHAPES` layer (resized in place); None: not rebuildable."""
     if cls in SHAPES:
-        return cls.__name__, SHAPES[cls]
+        return cls.__name__, SHAPES[cls], False
     rule = rules.get(type_name(cls))
-    return (rule.type, rule.rebuild) if rule is not None and rule.rebuild is not None else None
+    if rule is not None and rule.rebuild is not None:
+        return rule.type, rule.rebuild, False
+    base = next((b for b in cls.__mro__ if b in SHAPES), None)
+    return (type_name(cls), SHAPES[base], True) if base is not None else None
 
 
 def _class_named(name: str, rules: dict[str, LayerRule]) -> type[nn.Module]:
@@ -252,7 +260,10 @@ def _rebuild(spec: dict[str, Any]) -> nn.Module:
     for name, shape in spec["modules"].items():
         args = {k: v for k, v in shape.items() if k != "type"}
         try:
-            model.set_submodule(name, _class_named(shape["type"], rules)(**args))
+            if "tensors" in shape:
+                _resize(model.get_submodule(name), shape)
+            else:
+                model.set_submodule(name, _class_named(shape["type"], rules)(**args))
         except (KeyError, TypeError, ValueError, AttributeError, ImportError) as exc:
             raise CheckpointError(
                 f"the spec's entry for module {name!r} cannot be built: {type(exc).__name__}: {exc}",
@@ -271,18 +282,35 @@ def _rebuild(spec: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _resize(module: nn.Module, shape: dict[str, Any]) -> None:
+    """Give the base build's ``module`` the recorded widths and tensors of the recorded shapes (their
+    values come with the weights)."""
+    if type_name(type(module)) != shape["type"]:
+        raise TypeError(f"the base model's module is a {type_name(type(module))}, not a {shape['type']}")
+    for key, value in shape.items():
+        if key not in ("type", "tensors", "bias"):  # bias is a tensor, resized below
+            setattr(module, key, tuple(value) if isinstance(value, list) else value)
+    for key, size in shape["tensors"].items():
+        old = getattr(module, key)
+        new = torch.empty(size, dtype=old.dtype)
+        setattr(module, key, nn.Parameter(new, old.requires_grad) if isinstance(old, nn.Parameter) else new)
+
+
 def _describe(module: nn.Module, rules: dict[str, LayerRule]) -> dict[str, Any] | None:
-    """The constructor arguments that rebuild ``module``'s shape, or None for a type not rebuildable."""
+    """The constructor arguments that rebuild ``module``'s shape (plus its own tensors' shapes for a
+    module resized in place), or None for a type not rebuildable."""
     known = _shape_of(type(module), rules)
     if known is None:
         return None
-    name, keys = known
+    name, keys, in_place = known
     shape: dict[str, Any] = {"type": name}
     for key in keys:
         value = getattr(module, key)
         if key == "bias":  # the constructor takes whether there is one
             value = value is not None
         shape[key] = list(value) if isinstance(value, tuple) else value
+    if in_place:
+        shape["tensors"] = {k: list(v) for k, v in _own_shapes(module).items()}
     return shape
 
 

@@ -130,6 +130,7 @@ def plan_search(config: SearchConfig) -> Plan:
         )
     model_ref = ModelRef(config.model, dict(config.model_args))
     architecture = build_model(model_ref, data.info)
+    validate.check_input_channels(architecture, task.example_input(data, 1), data.info, model_ref.name)
     if config.weights is not None:  # read and fitted now, on the untrained copy, not after minutes
         load_pretrained(architecture, config.weights)
     base_flops = task.flops(architecture, data)

@@ -11,7 +11,8 @@ What is checked up front: counts and rates of the command line (``--batch-size``
 run directories, the split of ``evaluate``, the data (no empty split; the task's own check, e.g. at
 least two classes), the weights file (read and fitted to the architecture), the search space (against
 the strategy's built-in space: :func:`automl_prune.space.conform_space`; the shared fine-tuning budget)
-and the model (the strategy analyses the untrained architecture: :func:`check_model`).
+and the model (its first conv takes the data's channels: :func:`check_input_channels`; the strategy
+analyses the untrained architecture: :func:`check_model`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from automl_prune.tasks.base import SPLITS
 if TYPE_CHECKING:
     from torch import nn
 
-    from automl_prune.data.base import DataSplits
+    from automl_prune.data.base import DataInfo, DataSplits
     from automl_prune.model_io import Inputs
     from automl_prune.space import SearchSpace
     from automl_prune.strategy import Strategy
@@ -182,6 +183,31 @@ def check_data(task: Task, data: DataSplits) -> None:
     check = getattr(task, "check_data", None)
     if check is not None:
         check(data)
+
+
+def check_input_channels(architecture: nn.Module, example: Inputs, info: DataInfo, model_name: str) -> None:
+    """A model whose first conv takes other channels than the data has (a user's 3-channel
+    ``module:factory`` on 1-channel digits) fails here, naming both, instead of as a tracing error. The
+    model is run only when the channels differ: its forward may adapt them itself."""
+    import torch
+    from torch import nn
+
+    from automl_prune.model_io import call, evaluating
+
+    stem = next((m for m in architecture.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if stem is None or stem.in_channels == info.in_channels:
+        return
+    try:
+        with torch.no_grad(), evaluating(architecture):
+            call(architecture, example)
+    except Exception as exc:  # the forward rejects the data's channels
+        raise ModelError(
+            f"{model_name} takes {stem.in_channels}-channel images (its first conv), but {info.name!r} has "
+            f"{info.in_channels} channel(s): {type(exc).__name__}: {str(exc)[:200]}",
+            "use --model torchvision:NAME or timm:NAME, which build the model for the data's channels, or "
+            "let your factory take the channels; for an image folder, "
+            f"--data-arg channels={stem.in_channels} loads the images with that many channels",
+        ) from exc
 
 
 def check_model(
