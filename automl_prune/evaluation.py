@@ -22,7 +22,7 @@ from automl_prune.tasks.base import Task
 EXPORTERS = {"onnx": (export_onnx, ".onnx"), "torchscript": (export_torchscript, ".pt")}
 
 
-def _saved_task(spec: dict[str, Any]) -> tuple[Task, DataSplits]:
+def saved_task(spec: dict[str, Any]) -> tuple[Task, DataSplits]:
     """The task of a saved model and data with its recorded shape (no samples: for example inputs)."""
     info = DataInfo(**{**spec["data_info"], "image_size": tuple(spec["data_info"]["image_size"])})
     return task_for(spec["model_ref"]["name"], info.task), DataSplits([], [], [], info)
@@ -53,7 +53,7 @@ def evaluate_saved(
         raise AutomlPruneError(f"{path} does not record its dataset", "pass --data")
     stored = {} if data else meta.get("data_args", {})
     splits = load_dataset(spec_data, **{**stored, **(data_args or {})})
-    task, saved = _saved_task(spec)
+    task, saved = saved_task(spec)
     if splits.info.input_shape != saved.info.input_shape:
         raise AutomlPruneError(
             f"dataset {spec_data!r} yields inputs {splits.info.input_shape}, "
@@ -97,7 +97,7 @@ def export_saved(
     if out is not None:  # checked before the model is loaded
         (check_output_dir if "parts" in spec else check_output_file)(out, "--out")
     exporter, suffix = EXPORTERS[fmt]
-    task, shapes = _saved_task(spec)
+    task, shapes = saved_task(spec)
     model = load_pruned(path, trust_code=trust_code)
     if not isinstance(model, CompositeModel):
         target = Path(out) if out else Path(path) / f"model{suffix}"

@@ -222,7 +222,8 @@ def test_a_copied_run_dir_resumes_fronts_and_promotes_in_place(toy_plugin: Path,
     assert all(r.info.artifact_uri.startswith(artifacts) for r in runs)
     newest = str(stored[-1]["number"])  # the trial the resumed copy ran
     trial_run = next(r for r in runs if r.data.tags.get("trial_number") == newest)
-    assert (copy / "mlartifacts" / trial_run.info.run_id / "artifacts" / "model" / "spec.json").is_file()
+    [model] = trial_run.outputs.model_outputs  # the trial's MLflow model, stored in the copy's store
+    assert (copy / "mlartifacts" / "models" / model.model_id / "artifacts" / "spec.json").is_file()
 
     shown = CliRunner().invoke(app, ["front", str(copy)])
     assert shown.exit_code == 0 and "Pareto front" in shown.output, shown.output

@@ -1,7 +1,7 @@
 """MLflow tracking plugin and registry promotion, against real embedded SQLite stores.
 
 The hooks are driven as the orchestrator drives them, with real trial records whose ``model_dir`` holds a
-saved tiny model (spec.json + model.safetensors).
+saved tiny pruned model (spec.json + model.safetensors, as ``save_pruned`` writes it).
 """
 
 from __future__ import annotations
@@ -12,14 +12,20 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from safetensors.torch import load_file, save_file
 
-from automl_prune.errors import TrackingError
+import automl_prune
+from automl_prune.data.base import DataInfo
+from automl_prune.errors import TrackingError, UntrustedCodeError
+from automl_prune.models.base import ModelRef
+from automl_prune.models.registry import build_model
 from automl_prune.plugins import load_plugins
+from automl_prune.pruning import save_pruned
 from automl_prune.search.records import SearchInfo, TrialRecord
 from automl_prune.tracking import plugin
 from automl_prune.tracking.registry import (
@@ -37,11 +43,25 @@ pytestmark = pytest.mark.timeout(300)
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def save_tiny_model(path: Path, width: int = 4) -> dict[str, torch.Tensor]:
-    """A real (tiny) pruned-model directory: architecture spec + safetensors state dict."""
+DIGITS8 = DataInfo("digits", "classification", 1, (8, 8), 10)
+
+
+def save_tiny_model(path: Path, width: int = 4) -> Path:
+    """A real (tiny) saved model, as a trial writes it: a ResNet-20 of ``width`` for 8x8 digits."""
+    ref = ModelRef("resnet20", {"width": width})
+    model = build_model(ref, DIGITS8)
+    return save_pruned(model, path, model_ref=ref, info=DIGITS8, metadata={"width": width})
+
+
+def save_foreign_model(path: Path, width: int = 4) -> dict[str, torch.Tensor]:
+    """A model directory automl_prune did not write (its spec is not a pruned-model spec)."""
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 10),
+        torch.nn.Conv2d(1, width, 3, padding=1),
+        torch.nn.BatchNorm2d(width),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(width, 10),
     )
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -67,29 +87,51 @@ def save_figure(path: Path) -> Path:
 def make_search(run_dir: Path, name: str = "s1", **kw: object) -> SearchInfo:
     run_dir.mkdir(parents=True, exist_ok=True)
     args: dict = dict(
-        name=name, strategy="magnitude", run_dir=run_dir, quality_metric="accuracy",
-        base={"quality": 0.9, "flops": 2000.0, "n_params": 500.0, "latency_ms": 1.5}, max_flops=1500.0,
-        config={"model": "resnet20", "data": "digits", "seed": 7, "device": "cpu", "trials": 3,
-                "model_args": {"width": 8}, "overrides": ["lr=0.1"]},
+        name=name,
+        strategy="magnitude",
+        run_dir=run_dir,
+        quality_metric="accuracy",
+        base={"quality": 0.9, "flops": 2000.0, "n_params": 500.0, "latency_ms": 1.5},
+        max_flops=1500.0,
+        config={
+            "model": "resnet20",
+            "data": "digits",
+            "seed": 7,
+            "device": "cpu",
+            "trials": 3,
+            "model_args": {"width": 8},
+            "overrides": ["lr=0.1"],
+        },
         conventions={"flops": "fvcore MACs, batch 1, 1x8x8", "latency": "median of 20, batch 1, cpu"},
     )
     args.update(kw)
     return SearchInfo(**args)
 
 
-def make_trial(run_dir: Path, number: int, quality: float, flops: int, *, failed: bool = False,
-               figure: bool = False) -> TrialRecord:
+def make_trial(
+    run_dir: Path, number: int, quality: float, flops: int, *, failed: bool = False, figure: bool = False
+) -> TrialRecord:
     if failed:
-        return TrialRecord(number=number, state="failed", params={"ratio": 0.9}, error="ValueError: boom",
-                           wall_time_s=0.5)
+        return TrialRecord(
+            number=number, state="failed", params={"ratio": 0.9}, error="ValueError: boom", wall_time_s=0.5
+        )
     model_dir = run_dir / "trials" / f"{number:04d}" / "model"
     save_tiny_model(model_dir, width=2 + number)
     figures = [str(save_figure(run_dir / "trials" / f"{number:04d}" / "saliency.png"))] if figure else []
     return TrialRecord(
-        number=number, state="complete", params={"ratio": 0.5 + number / 10, "method": "l1"},
-        quality=quality, flops=flops, n_params=100 + number, latency_ms=0.3, target_flops=flops * 1.1,
-        feasible=True, metrics={"test_accuracy": quality - 0.01}, model_dir=str(model_dir),
-        figures=figures, wall_time_s=2.0,
+        number=number,
+        state="complete",
+        params={"ratio": 0.5 + number / 10, "method": "l1"},
+        quality=quality,
+        flops=flops,
+        n_params=100 + number,
+        latency_ms=0.3,
+        target_flops=flops * 1.1,
+        feasible=True,
+        metrics={"test_accuracy": quality - 0.01},
+        model_dir=str(model_dir),
+        figures=figures,
+        wall_time_s=2.0,
     )
 
 
@@ -98,8 +140,9 @@ def write_front_files(run_dir: Path) -> None:
     save_figure(run_dir / "pareto.png")
 
 
-def run_search(search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord] | None = None,
-               hook=None) -> None:
+def run_search(
+    search: SearchInfo, trials: list[TrialRecord], front: list[TrialRecord] | None = None, hook=None
+) -> None:
     """Drive the lifecycle hooks as the orchestrator does."""
     hook = hook or plugin
     front = [t for t in trials if t.state == "complete"] if front is None else front
@@ -145,8 +188,12 @@ def test_entry_point_registers_the_tracker() -> None:
 def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     search = make_search(run_dir)
-    trials = [make_trial(run_dir, 0, 0.80, 1000, figure=True), make_trial(run_dir, 1, 0.85, 1400),
-              make_trial(run_dir, 2, 0.0, 0, failed=True), make_trial(run_dir, 3, 0.95, 1800)]
+    trials = [
+        make_trial(run_dir, 0, 0.80, 1000, figure=True),
+        make_trial(run_dir, 1, 0.85, 1400),
+        make_trial(run_dir, 2, 0.0, 0, failed=True),
+        make_trial(run_dir, 3, 0.95, 1800),
+    ]
     front = [trials[0], trials[1], trials[3]]  # trial 3 is over the 1500-FLOPs budget
     hooks = load_plugins().hook  # through the entry point, as the orchestrator calls it
     run_search(search, trials, front, hook=hooks)
@@ -159,8 +206,12 @@ def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     p, tags, m = parent.data.params, parent.data.tags, parent.data.metrics
-    assert (p["strategy"], p["model"], p["data"], p["budget_max_flops"]) == ("magnitude", "resnet20",
-                                                                              "digits", "1500.0")
+    assert (p["strategy"], p["model"], p["data"], p["budget_max_flops"]) == (
+        "magnitude",
+        "resnet20",
+        "digits",
+        "1500.0",
+    )
     assert p["model_args.width"] == "8" and p["overrides"] == '["lr=0.1"]' and p["trials"] == "3"
     assert tags["convention.flops"].startswith("fvcore") and tags["seed"] == "7" and tags["device"] == "cpu"
     assert tags["version.torch"] == torch.__version__ and tags["version.mlflow"] == mlflow.__version__
@@ -181,8 +232,13 @@ def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     assert om["macs"] == 1000 and om["flops_ratio"] == 0.5 and om["n_params"] == 100
     assert om["latency_ms"] == 0.3 and om["wall_time_s"] == 2.0 and om["test_accuracy"] == pytest.approx(0.79)
     assert om["target_macs"] == pytest.approx(1100)
-    assert artifact_paths(client, ok.info.run_id) == {
-        "model/spec.json", "model/model.safetensors", "figures/saliency.png", "trial.json"}
+    # the model is the run's MLflow model (a pyfunc), not a plain artifact folder of the run
+    assert artifact_paths(client, ok.info.run_id) == {"figures/saliency.png", "trial.json"}
+    [output] = ok.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert (logged.name, logged.source_run_id, str(logged.status)) == ("model", ok.info.run_id, "READY")
+    assert logged.metrics and {m.key for m in logged.metrics} >= {"val_accuracy", "macs", "flops_ratio"}
+    assert not bad.outputs.model_outputs
     assert bad.info.status == "FAILED" and bad.data.tags["error"] == "ValueError: boom"
     assert bad.data.tags["state"] == "failed" and "model" not in str(artifact_paths(client, bad.info.run_id))
 
@@ -198,17 +254,54 @@ def test_runs_metrics_artifacts_and_first_champion(tmp_path: Path) -> None:
     assert tags["promotion.promoted"] == "true" and tags["promotion.version"] == "1"
     assert "no champion" in tags["promotion.reason"]
 
-    # the registered version is the saved model itself, loadable without any MLflow flavour
+    champion_model = client.get_logged_model(decision["model_id"])  # the trial's logged model
+    assert (
+        champion_model.source_run_id == kids[1].info.run_id and mv.source == champion_model.artifact_location
+    )
+
+    # the champion loads with mlflow.pyfunc, and automl_prune.load reads the same download
+    mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        got = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION_ALIAS}", tracking_uri=uri,
-                                                       dst_path=str(tmp_path / "dl")))
+        champion = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION_ALIAS}")
+        got = Path(
+            mlflow.artifacts.download_artifacts(
+                f"runs:/{kids[1].info.run_id}/model", dst_path=str(tmp_path / "dl")
+            )
+        )
     finally:
+        mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
-    assert json.loads((got / "spec.json").read_text())["widths"] == [3]
-    want = load_file(str(Path(trials[1].model_dir) / "model.safetensors"))
-    loaded = load_file(str(got / "model.safetensors"))
-    assert want.keys() == loaded.keys() and all(torch.equal(want[k], loaded[k]) for k in want)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        want = automl_prune.load(trials[1].model_dir)(x).numpy()
+        assert np.array_equal(automl_prune.load(got)(x).numpy(), want)
+    assert np.array_equal(champion.predict(x.numpy()), want)
+    assert json.loads((got / "spec.json").read_text())["metadata"] == {"width": 3}
+
+
+def test_a_model_mlflow_cannot_wrap_is_logged_as_plain_files(tmp_path: Path) -> None:
+    """The trial is logged all the same: its files under the run's model/, the reason as a tag, and
+    the registered version says pyfunc cannot load it."""
+    run_dir = tmp_path / "run"
+    search = make_search(run_dir)
+    trial = make_trial(run_dir, 0, 0.8, 1000)
+    state = save_foreign_model(Path(trial.model_dir))
+    run_search(search, [trial])
+
+    client = client_for(default_tracking_uri(run_dir))
+    [run] = children(client, read_parent_run_id(run_dir)).values()
+    assert run.info.status == "FINISHED" and run.data.metrics["val_accuracy"] == 0.8
+    assert "is corrupt" in run.data.tags["mlflow_model_error"]
+    plain = {"model/spec.json", "model/model.safetensors", "trial.json"}
+    assert artifact_paths(client, run.info.run_id) == plain
+    exp = client.get_run(run.info.run_id).info.experiment_id
+    assert not client.search_logged_models([exp])  # the half-logged MLflow model was removed
+    decision = json.loads((run_dir / "promotion.json").read_text())
+    assert decision["version"] == "1" and decision["model_id"] is None
+    assert "mlflow.pyfunc cannot load it" in decision["reason"]
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=decision["source"], dst_path=str(tmp_path)))
+    assert torch.equal(load_file(str(got / "model.safetensors"))["1.weight"], state["1.weight"])
 
 
 def test_champion_moves_only_for_better_quality_at_no_more_flops(tmp_path: Path) -> None:
@@ -308,15 +401,22 @@ def test_promote_an_earlier_search(tmp_path: Path) -> None:
     """``automl-prune promote RUN_DIR``: from search.json + trials.jsonl, into the same or another store."""
     run_dir = tmp_path / "run"
     search = make_search(run_dir, name="earlier")
-    trials = [make_trial(run_dir, 0, 0.7, 900), make_trial(run_dir, 1, 0.8, 1000),
-              make_trial(run_dir, 2, 0.0, 0, failed=True)]
+    trials = [
+        make_trial(run_dir, 0, 0.7, 900),
+        make_trial(run_dir, 1, 0.8, 1000),
+        make_trial(run_dir, 2, 0.0, 0, failed=True),
+    ]
     (run_dir / "search.json").write_text(search.to_json())
     (run_dir / "trials.jsonl").write_text("".join(json.dumps(t.to_dict()) + "\n" for t in trials))
 
     # the search was never tracked: promote logs it (parent + nested runs) and registers trial 1
     first = promote_search(run_dir, registered_model="earlier model")
     assert (first.registered_model, first.version, first.promoted, first.trial_number) == (
-        "earlier-model", "1", True, 1)
+        "earlier-model",
+        "1",
+        True,
+        1,
+    )
     client = client_for(default_tracking_uri(run_dir))
     parent_id = read_parent_run_id(run_dir)
     assert client.get_run(parent_id).info.status == "FINISHED"
@@ -335,6 +435,44 @@ def test_promote_an_earlier_search(tmp_path: Path) -> None:
     assert client_for(other).get_model_version_by_alias("magnitude-resnet20-digits", CHAMPION_ALIAS)
 
 
+def test_a_model_from_outside_code_is_an_mlflow_model_only_where_it_is_trusted(tmp_path: Path) -> None:
+    """The search that built a ``module:factory`` model logs it as an MLflow model that loads with its
+    code trusted; ``promote`` of an earlier, untracked run directory does not run its files' code."""
+    ref = ModelRef(
+        "automl_prune.models.cifar_resnet:resnet20", {"num_classes": 10, "width": 4, "in_channels": 1}
+    )
+
+    def trial_from_code(run_dir: Path) -> TrialRecord:
+        trial = make_trial(run_dir, 0, 0.8, 1000)
+        save_pruned(build_model(ref, DIGITS8), Path(trial.model_dir), model_ref=ref, info=DIGITS8)
+        return trial
+
+    searched = tmp_path / "searched"
+    run_search(make_search(searched), [trial_from_code(searched)])
+    uri = default_tracking_uri(searched)
+    decision = json.loads((searched / "promotion.json").read_text())
+    assert decision["model_id"] and "plain files" not in decision["reason"]
+    mlflow.set_tracking_uri(uri)
+    try:
+        model_uri = f"models:/{decision['model_id']}"
+        champion = mlflow.pyfunc.load_model(model_uri)
+        assert champion.metadata.flavors["python_function"]["config"]["trust_code"] is True
+        with pytest.raises(UntrustedCodeError):  # the user may still refuse it
+            mlflow.pyfunc.load_model(model_uri, model_config={"trust_code": False})
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert champion.predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+
+    earlier = tmp_path / "earlier"
+    trial = trial_from_code(earlier)
+    (earlier / "search.json").write_text(make_search(earlier).to_json())
+    (earlier / "trials.jsonl").write_text(json.dumps(trial.to_dict()) + "\n")
+    promoted = promote_search(earlier)
+    assert promoted.version == "1" and promoted.model_id is None and "pyfunc cannot load" in promoted.reason
+    run = client_for(default_tracking_uri(earlier)).get_run(promoted.run_id)
+    assert run.data.tags["mlflow_model_error"].startswith("UntrustedCodeError")
+
+
 def test_promote_search_without_a_search(tmp_path: Path) -> None:
     from automl_prune.errors import AutomlPruneError
 
@@ -345,8 +483,12 @@ def test_promote_search_without_a_search(tmp_path: Path) -> None:
 def test_unreachable_server_fails_fast_and_keeps_the_run_dir(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    keep = {"study.db": b"\x00optuna", "trials.jsonl": b'{"number": 0}\n',
-            "mlflow_parent_run_id": b"0123456789abcdef\n", "checkpoint.safetensors": b"weights"}
+    keep = {
+        "study.db": b"\x00optuna",
+        "trials.jsonl": b'{"number": 0}\n',
+        "mlflow_parent_run_id": b"0123456789abcdef\n",
+        "checkpoint.safetensors": b"weights",
+    }
     for name, data in keep.items():
         (run_dir / name).write_bytes(data)
     uri = f"http://127.0.0.1:{free_port()}"

@@ -10,6 +10,10 @@
 
 Every hook builds its own client and checks the store before its first write; the store is described in
 :mod:`automl_prune.tracking.store`, the run layout in :mod:`automl_prune.tracking.runs`.
+
+The hooks run in the search that built its models from the user's own ``--model``, so they log a model
+built from a ``module:factory`` as an MLflow model too (``trust_code=True``: it is run once for the
+signature); ``automl-prune promote`` of an earlier run directory does not trust its files that way.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def trial_finished(search: SearchInfo, trial: TrialRecord) -> None:
     with tracking_errors(uri, f"logging trial {trial.number}"):
         experiment_id = ensure_experiment(client, search, uri)
         parent_id = parent_run(client, search, uri, experiment_id)
-        log_trial(client, search, experiment_id, parent_id, trial)
+        log_trial(client, search, experiment_id, parent_id, trial, trust_code=True)
 
 
 @hookimpl
@@ -101,7 +105,7 @@ def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[T
         logged = trial_runs(client, experiment_id, parent_id)
         for trial in trials:  # trials whose trial_finished never reached this store
             if trial.number not in logged:
-                log_trial(client, search, experiment_id, parent_id, trial)
+                log_trial(client, search, experiment_id, parent_id, trial, trust_code=True)
         run_dir = Path(search.run_dir)
         for name in ("pareto.csv", "pareto.png"):
             if (run_dir / name).is_file():
@@ -115,6 +119,6 @@ def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[T
         )
         client.set_terminated(parent_id, "FINISHED")
     with tracking_errors(uri, "promoting the best Pareto point"):
-        decision = promote(client, search, front, trials)
+        decision = promote(client, search, front, trials, trust_code=True)
     log.info("MLflow promotion: %s", decision.summary())
     return f"MLflow ({redact(uri)}): {decision.summary()}"

@@ -7,11 +7,13 @@ Rules (also in the README):
   that saved a model; ties go to fewer FLOPs, then the earlier trial. No candidate: nothing is
   registered and the reason says why.
 - It is registered as a new version of ``search.registered_model`` (default
-  ``<strategy>-<model>-<data>``, sanitised to letters, digits, ``_ . -``), whose source is the ``model/``
-  artifact of the trial's nested run (a plain directory: spec.json + model.safetensors, or a composite's
-  manifest.json + one such directory per part; no MLflow model flavour). The version is tagged with
-  quality, quality_metric, flops, n_params, search and trial number. Registering the same trial run
-  again reuses its version instead of adding one.
+  ``<strategy>-<model>-<data>``, sanitised to letters, digits, ``_ . -``) made from the MLflow model
+  its nested run logged (:mod:`automl_prune.tracking.pyfunc`), so
+  ``mlflow.pyfunc.load_model("models:/<name>@champion")`` loads it. A run that logged only the plain
+  files (its MLflow model failed, or an older automl_prune logged it) is registered from its ``model/``
+  artifact, and the reason says pyfunc cannot load it. The version is tagged with quality,
+  quality_metric, flops, n_params, search and trial number. Registering the same trial run again
+  reuses its version instead of adding one.
 - The alias ``champion`` moves to it only if there is no champion yet, or it has strictly higher quality
   at no more FLOPs than the champion, both read from the champion version's tags (a champion measured
   with another quality metric, or without those tags, is kept: it cannot be compared).
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from automl_prune.errors import AutomlPruneError
 from automl_prune.io import atomic_write_json
 from automl_prune.search.records import SearchInfo, TrialRecord
-from automl_prune.tracking import runs, store
+from automl_prune.tracking import pyfunc, runs, store
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -42,6 +44,12 @@ log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
 PROMOTION_FILE = "promotion.json"
+#: Why a version registered from a run's plain ``model/`` files (no logged MLflow model) cannot be
+#: loaded with ``mlflow.pyfunc``.
+PLAIN_FILES = (
+    "registered as plain files (the trial's MLflow model was not logged: see its run's "
+    "mlflow_model_error tag), so mlflow.pyfunc cannot load it; automl_prune.load can"
+)
 
 
 @dataclass
@@ -59,6 +67,7 @@ class PromotionDecision:
     quality: float | None = None
     flops: int | None = None
     run_id: str | None = None
+    model_id: str | None = None
     source: str | None = None
     champion: str | None = None
     previous_champion: str | None = None
@@ -138,6 +147,15 @@ def _compare(decision: PromotionDecision, champ_version: str, tags: dict[str, st
     )
 
 
+def _has_files(artifact_uri: str, tracking_uri: str) -> bool:
+    """Whether the folder ``artifact_uri`` holds files. Listed through its own repository: MLflow 3's
+    ``client.list_artifacts(run_id, "model")`` would also look up a logged model named ``model``
+    through the process's global tracking URI, not the client's."""
+    from mlflow.artifacts import list_artifacts
+
+    return bool(list_artifacts(artifact_uri=artifact_uri, tracking_uri=tracking_uri))
+
+
 def _ensure_registered_model(client: MlflowClient, name: str, search: SearchInfo) -> Any:
     from mlflow.exceptions import MlflowException
 
@@ -188,9 +206,15 @@ def _record(
 
 
 def promote(
-    client: MlflowClient, search: SearchInfo, front: list[TrialRecord], trials: list[TrialRecord]
+    client: MlflowClient,
+    search: SearchInfo,
+    front: list[TrialRecord],
+    trials: list[TrialRecord],
+    *,
+    trust_code: bool = False,
 ) -> PromotionDecision:
-    """Register the best Pareto point under the budget and move ``champion`` if it wins (module doc)."""
+    """Register the best Pareto point under the budget and move ``champion`` if it wins (module doc).
+    ``trust_code``: for a trial logged here (:func:`automl_prune.tracking.runs.log_trial`)."""
     name = registered_model_name(search)
     uri = client.tracking_uri
     experiment_id = runs.ensure_experiment(client, search, uri)
@@ -229,13 +253,18 @@ def promote(
     )
     run = runs.find_trial_run(client, experiment_id, parent_id, best.number)
     if run is None:  # its trial_finished never reached this store: log it now
-        runs.log_trial(client, search, experiment_id, parent_id, best)
+        runs.log_trial(client, search, experiment_id, parent_id, best, trust_code=trust_code)
         run = runs.find_trial_run(client, experiment_id, parent_id, best.number)
-    if run is None or not client.list_artifacts(run.info.run_id, "model"):
-        decision.reason = f"trial {best.number} has no model/ artifact in its run; nothing registered"
+    logged = pyfunc.ready_model(client, run.info.run_id) if run is not None else None
+    plain = f"{run.info.artifact_uri.rstrip('/')}/model" if run is not None else None
+    if logged is None and (plain is None or not _has_files(plain, client.tracking_uri)):
+        decision.reason = f"trial {best.number} has no model in its run; nothing registered"
         return _record(client, search, parent_id, decision)
     decision.run_id = run.info.run_id
-    decision.source = f"{run.info.artifact_uri.rstrip('/')}/model"
+    if logged is not None:  # its artifact location: MLflow's SQL registry resolves models:/ URIs globally
+        decision.model_id, decision.source = logged.model_id, logged.artifact_location
+    else:
+        decision.source = plain
 
     registered = _ensure_registered_model(client, name, search)
     previous = (registered.aliases or {}).get(CHAMPION_ALIAS)
@@ -250,6 +279,7 @@ def promote(
             name,
             decision.source,
             run_id=run.info.run_id,
+            model_id=decision.model_id,
             await_creation_for=0,
             description=f"search {search.name}, trial {best.number}",
             tags={
@@ -277,7 +307,8 @@ def promote(
     if promoted and str(previous) != decision.version:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, decision.version)
     decision.promoted = promoted
-    decision.reason = again + reason
+    plain = "" if decision.model_id else f"; {PLAIN_FILES}"
+    decision.reason = again + reason + plain
     decision.champion = decision.version if promoted else decision.previous_champion
     client.set_model_version_tag(name, decision.version, "promotion_reason", decision.reason)
     return _record(client, search, parent_id, decision)

@@ -2,7 +2,8 @@
 
 - experiment ``automl-prune/<search name>``; one parent run per search, reopened when the search is
   resumed (its id is kept in ``<run_dir>/mlflow_parent_run_id``); one nested run per trial, tagged
-  ``trial_number``, with the pruned model under ``model/`` and the trial's figures under ``figures/``.
+  ``trial_number``, with the pruned model as its MLflow model ``model`` (``runs:/<run_id>/model``, a
+  pyfunc: :mod:`automl_prune.tracking.pyfunc`) and the trial's figures under ``figures/``.
 - nothing here holds MLflow state between calls: runs are addressed by explicit id (the parent's from the
   run directory, a trial's by its ``trial_number`` tag), never through MLflow's active-run stack. So trial
   results may arrive in any process (a Ray driver, a resumed search) and a trial reported twice is logged
@@ -16,17 +17,15 @@ import importlib.metadata
 import json
 import logging
 import math
-import os
 import platform
 import re
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automl_prune.io import atomic_write_text
-from automl_prune.tracking.store import artifact_location, redact
+from automl_prune.tracking.store import artifact_location, mlflow_setting, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -96,8 +95,10 @@ def log_batch(
     params: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     tags: dict[str, Any] | None = None,
+    model_id: str | None = None,
 ) -> None:
-    """Log in MLflow-sized batches; None and non-numeric metric values are skipped."""
+    """Log in MLflow-sized batches; None and non-numeric metric values are skipped. Metrics with a
+    ``model_id`` are also the metrics of that logged model (MLflow 3's model views show them)."""
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
@@ -107,7 +108,7 @@ def log_batch(
     for k, v in (metrics or {}).items():
         x = _number(v)
         if x is not None:
-            m.append(Metric(_key(k), x, now, 0))
+            m.append(Metric(_key(k), x, now, 0, model_id=model_id))
     for i in range(0, len(p), _BATCH_PARAMS_TAGS):
         client.log_batch(run_id, params=p[i : i + _BATCH_PARAMS_TAGS])
     for i in range(0, len(t), _BATCH_PARAMS_TAGS):
@@ -129,19 +130,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_run_links() -> Iterator[None]:
+def _quiet_run_links() -> contextlib.AbstractContextManager[None]:
     """MLflow prints two 'View run' lines per ended run on HTTP stores; keep them for the parent only."""
-    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-    old = os.environ.get(key)
-    os.environ[key] = "true"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+    return mlflow_setting("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 # ------------------------------------------------------------------------------- experiment and runs
@@ -349,12 +340,44 @@ def _is_nan(value: Any) -> bool:
     return x is not None and math.isnan(x)
 
 
+def _log_model(
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    model_dir: Path,
+    metrics: dict[str, Any],
+    trust_code: bool,
+) -> None:
+    """The trial's saved model as an MLflow pyfunc model (:mod:`automl_prune.tracking.pyfunc`), with the
+    trial's metrics. When that fails (a model the wrapper cannot run, a store without logged models),
+    the plain files go to the run's ``model/`` artifact as before and the reason to its
+    ``mlflow_model_error`` tag: the trial is logged all the same, only not loadable by ``mlflow.pyfunc``."""
+    from automl_prune.tracking.pyfunc import log_pruned_model
+
+    try:
+        model_id = log_pruned_model(client, experiment_id, run_id, model_dir, trust_code=trust_code)
+    except Exception as exc:  # whatever MLflow or the model raise: the plain files still go to the run
+        log.warning("MLflow: %s logged as plain files, not as an MLflow model: %s", model_dir, exc)
+        log_batch(client, run_id, tags={"mlflow_model_error": f"{type(exc).__name__}: {exc}"})
+        client.log_artifacts(run_id, str(model_dir), "model")
+        return
+    log_batch(client, run_id, metrics=metrics, model_id=model_id)
+
+
 def log_trial(
-    client: MlflowClient, search: SearchInfo, experiment_id: str, parent_id: str, trial: TrialRecord
+    client: MlflowClient,
+    search: SearchInfo,
+    experiment_id: str,
+    parent_id: str,
+    trial: TrialRecord,
+    *,
+    trust_code: bool = False,
 ) -> str:
     """Log ``trial`` as a nested run of ``parent_id``; a trial already logged is not logged again.
 
     A run of the same trial left RUNNING (a crash while logging) is deleted and logged anew.
+    ``trust_code``: whether a model built from outside code may be run to log its MLflow model (true in
+    the search that built it from the user's own ``--model``; else it is logged as plain files).
     """
     from mlflow.entities import RunStatus
 
@@ -376,15 +399,16 @@ def log_trial(
     run_id = run.info.run_id
     status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
     try:
+        metrics = trial_metrics(search, trial)
         log_batch(
             client,
             run_id,
             params=flatten(trial.params or {}),
-            metrics=trial_metrics(search, trial),
+            metrics=metrics,
             tags={"error": trial.error} if trial.error else None,
         )
         if trial.model_dir and Path(trial.model_dir).is_dir():
-            client.log_artifacts(run_id, str(trial.model_dir), "model")
+            _log_model(client, experiment_id, run_id, Path(trial.model_dir), metrics, trust_code)
         for fig in trial.figures or []:
             if Path(fig).is_file():
                 client.log_artifact(run_id, str(fig), "figures")

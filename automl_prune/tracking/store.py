@@ -223,6 +223,20 @@ def tracking_errors(uri: str, action: str) -> Iterator[None]:
         raise TrackingError(problem, _fix(uri)) from exc
 
 
+@contextlib.contextmanager
+def mlflow_setting(key: str, value: str) -> Iterator[None]:
+    """``os.environ[key] = value`` inside the block only: some MLflow settings are read from nowhere else."""
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def get_client(uri: str) -> MlflowClient:
     """A client whose tracking and registry both use ``uri`` (the registry lives in the same store)."""
     from mlflow import MlflowClient
