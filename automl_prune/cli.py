@@ -26,10 +26,17 @@ app = typer.Typer(
 )
 console = Console()
 
-ModelOpt = Annotated[str, typer.Option(help="Registered model name or `package.module:factory`.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(help="Registered model, `torchvision:NAME`, `timm:NAME` or `package.module:factory`."),
+]
 DataOpt = Annotated[str, typer.Option(help="Dataset: `digits`, `fashion-mnist`, `folder:PATH`, ...")]
 WeightsOpt = Annotated[
-    str | None, typer.Option(help="Local weights of the base model (.safetensors or a torch state dict).")
+    str | None,
+    typer.Option(
+        help="Local weights of the base model (.safetensors or a torch state dict); a checkpoint for "
+        "another number of classes gets a new classifier head, trained with the base recipe."
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a parameter: name=value or name=lo..hi.")
@@ -40,7 +47,11 @@ ModelArgOpt = Annotated[
 DataArgOpt = Annotated[list[str] | None, typer.Option("--data-arg", help="Dataset option key=value.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (CI).")]
 BaseEpochsOpt = Annotated[
-    int | None, typer.Option(help="Epochs to train the base model when no --weights (default: the task's).")
+    int | None,
+    typer.Option(
+        help="Epochs to train the base model when no --weights, or after its head was replaced "
+        "(default: the task's)."
+    ),
 ]
 BaseLrOpt = Annotated[float | None, typer.Option(help="Its learning rate (default: the task's).")]
 BatchOpt = Annotated[

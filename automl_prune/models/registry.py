@@ -115,6 +115,17 @@ def model_task(name: str) -> str | None:
     return models.entry(family).meta.get("task") if family in models else None
 
 
+def default_preprocessing(name: str) -> dict[str, Any]:
+    """The input preprocessing a model family states for ``name`` (``timm:NAME``: its pretrained config's
+    mean, std, crop_pct, interpolation, ...), else nothing."""
+    models = get_plugins().models
+    family, arg = split_name(name)
+    if arg is None or family not in models:
+        return {}
+    preprocessing = models.entry(family).meta.get("preprocessing")
+    return preprocessing(arg) if preprocessing is not None else {}
+
+
 def default_weights(name: str) -> Path | None:
     """The weights a model family brings itself (``diffusers:PATH``: the directory's), else None."""
     models = get_plugins().models

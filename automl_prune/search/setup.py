@@ -12,6 +12,7 @@ whose prepare-time values differ gets its own artifacts through :meth:`Prepared.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -22,14 +23,15 @@ from typing import Any
 import torch
 
 from automl_prune.data.base import DataSplits
-from automl_prune.data.registry import load_dataset
+from automl_prune.data.preprocessing import override_options
+from automl_prune.data.registry import load_dataset, parse_spec
 from automl_prune.errors import AutomlPruneError, BudgetError, SpaceError
 from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
 from automl_prune.models.base import ModelRef
 from automl_prune.models.checkpoints import load_pretrained
 from automl_prune.models.pretrained import get_base_model
-from automl_prune.models.registry import build_model
+from automl_prune.models.registry import build_model, default_preprocessing
 from automl_prune.plugins import get_plugins
 from automl_prune.progress import Progress
 from automl_prune.search import validate
@@ -40,6 +42,7 @@ from automl_prune.tasks import task_for
 from automl_prune.tasks.base import Task
 
 log = logging.getLogger(__name__)
+MODEL_PREPROCESSING = ("mean", "std", "crop_pct", "interpolation")  # what a model's own config may set
 
 
 @dataclass
@@ -113,13 +116,32 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_data(config: SearchConfig) -> DataSplits:
+    """The search's data: the dataset with the user's options, over the preprocessing the model's family
+    states (a timm model's pretrained mean, std, crop_pct and interpolation) where the dataset takes those
+    options. Statistics for other channels than the data's (RGB ones on grey data) are averaged to one
+    value: the channel-adapted stem sees the mean of what the colour stem saw."""
+    data = load_dataset(config.data, **config.data_args)
+    accepted = inspect.signature(get_plugins().datasets.get(parse_spec(config.data)[0])).parameters
+    stated = {
+        k: v
+        for k, v in default_preprocessing(config.model).items()
+        if k in MODEL_PREPROCESSING and k in accepted and k not in config.data_args
+    }
+    for key in ("mean", "std"):
+        if key in stated and len(stated[key]) != data.info.in_channels:
+            stated[key] = [sum(stated[key]) / len(stated[key])]
+    options = override_options(stated, dict(config.data_args))
+    return data if options == dict(config.data_args) else load_dataset(config.data, **options)
+
+
 def plan_search(config: SearchConfig) -> Plan:
     """Resolve strategy, data, task, model and space; check everything that can be checked before any
     training (:mod:`automl_prune.search.validate`), the budget included."""
     plugins = get_plugins()
     strategy: Strategy = plugins.strategies.get(config.strategy)()
     resolve_device(config.device)
-    data = load_dataset(config.data, **config.data_args)
+    data = load_data(config)
     task = task_for(config.model, data.info.task)
     validate.check_data(task, data)
     if task.name not in strategy.tasks:
