@@ -28,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from safetensors.torch import load_file, save_file
 
+import automl_prune
 from automl_prune.errors import TrackingError
 from automl_prune.search.records import SearchInfo, TrialRecord
 from automl_prune.tracking import plugin
@@ -279,3 +280,15 @@ def test_a_whole_search_against_a_real_server(
     best = max((t for t in result.front), key=lambda t: t.quality)
     assert champion.tags["trial_number"] == str(best.number)
     assert not (tmp_path / "run" / "mlflow.db").exists()  # everything went to the server
+
+    # the champion is an MLflow model the server serves: pyfunc loads it and predicts as automl_prune.load
+    mlflow.set_tracking_uri(mlflow_server.url)
+    mlflow.set_registry_uri(mlflow_server.url)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"models:/toy-search@{CHAMPION_ALIAS}")
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(torch.from_numpy(loaded.predict(x.numpy())), automl_prune.load(best.model_dir)(x))
