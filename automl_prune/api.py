@@ -7,8 +7,9 @@ is the contract the core keeps stable; the modules behind it may move.
 - the strategy contract: :class:`Strategy`, :class:`Context`, :class:`Candidate`, :data:`FINETUNE_PARAMS`
   and :data:`hookimpl` (the decorator of hook implementations);
 - the task contract: :class:`Task`, :class:`SingleCallTask` (one forward pass per call),
-  :func:`eval_mode`, :func:`split_dataset`, :data:`SPLITS`, and :data:`Inputs` (what a model is called
-  with: a tensor, a tuple or a dict of tensors);
+  :func:`eval_mode`, :func:`split_dataset`, :data:`SPLITS`, :data:`Inputs` (what a model is called
+  with: a tensor, a tuple or a dict of tensors), and what ``Task.latency`` returns: :class:`Latency`
+  records, made by :func:`measure_latency` (a model call) or :func:`measure_calls` (any callable);
 - data: :class:`DataInfo`, :class:`DataSplits`, and the helpers of file-backed datasets
   (:func:`dataset_folder`, :func:`image_files`, :func:`first_image`, :class:`PairedImages`,
   :func:`image_size_of`, :func:`file_transform`, :func:`file_extra`);
@@ -53,6 +54,7 @@ from automl_prune.frechet import (
 )
 from automl_prune.hookspecs import hookimpl
 from automl_prune.io import atomic_write_bytes, png_bytes
+from automl_prune.latency import Latency, measure_calls, measure_latency
 from automl_prune.model_io import Inputs
 from automl_prune.progress import Progress
 from automl_prune.space import builtin_space_path, load_space
@@ -78,6 +80,7 @@ __all__ = [
     "InceptionEncoder",
     "InceptionUnavailableError",
     "Inputs",
+    "Latency",
     "MetricError",
     "ModelError",
     "PairedImages",
@@ -105,6 +108,8 @@ __all__ = [
     "image_files",
     "image_size_of",
     "load_space",
+    "measure_calls",
+    "measure_latency",
     "png_bytes",
     "save_sample_grid",
     "split_dataset",

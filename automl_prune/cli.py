@@ -252,6 +252,9 @@ def prune(
                 "flops_ratio": record.flops / base["flops"],
                 "n_params": record.n_params,
                 "latency_ms": record.latency_ms,
+                "latency_iqr_ms": record.latency_iqr_ms,
+                "speedup": record.speedup,
+                "latency_noisy": record.latency_noisy,
                 "base": base,
                 **record.metrics,
             }
@@ -285,9 +288,28 @@ def evaluate(
         ),
     ] = None,
     trust_model_code: TrustOption = False,
+    base: Annotated[
+        str,
+        typer.Option(
+            help="What the latency speed-up is against, timed interleaved with the model: `unpruned` "
+            "(the architecture it was pruned from), `none`, or another saved model directory."
+        ),
+    ] = "unpruned",
+    latency_budget: Annotated[
+        float | None,
+        typer.Option(help="Seconds of timed calls per model and timing (default 1; more: steadier)."),
+    ] = None,
+    onnxruntime: Annotated[
+        bool,
+        typer.Option(
+            "--onnxruntime",
+            help="Also export to ONNX and time it in ONNX Runtime (the optional extra `onnx`).",
+        ),
+    ] = False,
 ) -> None:
-    """Quality, FLOPs, parameters and latency of a saved model."""
+    """Quality, FLOPs, parameters and latency (median, IQR, speed-up) of a saved model."""
     from automl_prune.evaluation import evaluate_saved
+    from automl_prune.latency import EVALUATE_BUDGET_S, NOISY_SPREAD
     from automl_prune.search.config import parse_key_values
 
     report = evaluate_saved(
@@ -298,8 +320,19 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         trust_code=trust_model_code,
+        base=base,
+        latency_budget_s=EVALUATE_BUDGET_S if latency_budget is None else latency_budget,
+        onnxruntime=onnxruntime,
     )
     console.print_json(json.dumps(report))
+    for name, timing in report["timings"].items():
+        if timing["noisy"]:
+            typer.echo(
+                f"warning: {name} is noisy (interquartile range above {NOISY_SPREAD:g} x the median, "
+                "for the model or its base): rerun on an idle machine, with fewer threads "
+                "(OMP_NUM_THREADS=1 steadies a shared CPU) or with a larger --latency-budget",
+                err=True,
+            )
 
 
 @app.command()

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from automl_prune.data.base import DataSplits
 from automl_prune.errors import SpaceError
+from automl_prune.latency import SEARCH_BUDGET_S
 from automl_prune.model_io import Inputs, to_device
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
@@ -69,6 +70,7 @@ class Context:
     max_flops: float | None = None
     batch_size: int = 64
     budget_param: str | None = None
+    latency_budget_s: float = SEARCH_BUDGET_S  # timed seconds per model in a trial's latency
 
     def example_input(self, batch: int = 1) -> Inputs:
         """The task's example inputs of one model call (a tensor, tuple or dict) on the device."""

@@ -28,6 +28,7 @@ import torch
 from summary import budget_table, write_csv
 
 import automl_prune
+from automl_prune.latency import latency_metrics
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.setup import Prepared, plan_search, prepare_search
 from automl_prune.search.trial import run_trial
@@ -92,7 +93,9 @@ def measure_latency(prepared: Prepared, rows: list[dict], dirs: list[Path | None
     timings: list[list[dict[str, float]]] = [[] for _ in models]
     for _ in range(rounds):
         for model, measured in zip(models, timings, strict=True):
-            measured.append(context.task.latency(model.to(context.device), context.data, context.device))
+            measured.append(
+                latency_metrics(context.task.latency(model.to(context.device), context.data, context.device))
+            )
     for row, measured in zip(rows, timings, strict=True):
         for key, column in (
             ("latency_ms", "step_b1_ms"),

@@ -24,7 +24,7 @@ from automl_prune_interpretation.pruned_explanations import explanation_agreemen
 from summary import budget_table, write_csv
 
 from automl_prune.flops import count_flops, count_params
-from automl_prune.latency import measure_latency_ms
+from automl_prune.latency import measure_latency
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.setup import Prepared, plan_search, prepare_search
 
@@ -72,7 +72,7 @@ def run(
         "mflops": flops / 1e6,
         "flops_ratio": flops / context.base_flops,
         "params_k": count_params(model) / 1e3,
-        "latency_b1_ms": measure_latency_ms(model, example, repeats=repeats),
+        "latency_b1_ms": measure_latency(model, example, budget_s=0, min_repeats=repeats).median_ms,
         "mask_iou": float(iou),
     }
 

@@ -20,7 +20,7 @@ import torch
 
 import automl_prune
 from automl_prune.flops import count_flops, count_params
-from automl_prune.latency import measure_latency_ms
+from automl_prune.latency import measure_latency
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.setup import plan_search, prepare_search
 from automl_prune.search.trial import run_trial
@@ -51,8 +51,10 @@ def measure(
         "test_accuracy": accuracy,
         "mflops": count_flops(model, one) / 1e6,
         "params_k": count_params(model) / 1e3,
-        "latency_b1_ms": measure_latency_ms(model, one, repeats=repeats),
-        "latency_b64_ms": measure_latency_ms(model, many, repeats=max(5, repeats // 4)),
+        "latency_b1_ms": measure_latency(model, one, budget_s=0, min_repeats=repeats).median_ms,
+        "latency_b64_ms": measure_latency(
+            model, many, budget_s=0, min_repeats=max(5, repeats // 4)
+        ).median_ms,
     }
     ref = base or row
     row["flops_ratio"] = row["mflops"] / ref["mflops"]

@@ -163,7 +163,7 @@ def test_evaluate_takes_data_args(tmp_path: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(app, ["evaluate", str(path), "--data-arg", "seed=1", "--split", "val"])
     assert done.exit_code == 0, done.output
-    assert json.loads(done.output)["data"] == "digits"
+    assert json.loads(done.stdout)["data"] == "digits"  # latency warnings go to stderr
     wrong = runner.invoke(app, ["evaluate", str(path), "--data-arg", "size=8"])
     assert isinstance(wrong.exception, AutomlPruneError), wrong.output
     assert "(1, 8, 8)" in wrong.exception.problem  # the option reached the dataset

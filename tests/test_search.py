@@ -264,6 +264,7 @@ def test_trial_user_attrs_carry_test_metrics_and_a_relative_model_dir(tmp_path: 
         state="complete",
         n_params=10,
         latency_ms=1.5,
+        speedup=1.25,
         feasible=True,
         metrics={"test_accuracy": 0.75, "val_accuracy": 0.8, "broken": float("nan")},
         model_dir=str(tmp_path / "trials" / "1" / "model"),
@@ -271,6 +272,8 @@ def test_trial_user_attrs_carry_test_metrics_and_a_relative_model_dir(tmp_path: 
     assert trial_attrs(record, tmp_path) == {
         "n_params": 10,
         "latency_ms": 1.5,
+        "speedup": 1.25,
+        "latency_noisy": False,
         "feasible": True,
         "model_dir": "trials/1/model",
         "test_accuracy": 0.75,

@@ -15,7 +15,8 @@ normalisation the dataset records (``DataInfo.extra`` mean/std); labels are igno
 - Cost: FLOPs of one UNet call at batch 1 (one denoising step, the budget's unit; for a composite of
   UNets serving different timesteps, the mean over the sampler's timesteps), and of a whole
   sampling run at the stated sampler and step count (no classifier-free guidance here, so one call per
-  step). Latency: one step at batch 1 and at batch 16, and one sampling run at batch 1.
+  step). Latency: one step at batch 1 and at batch 16 (beside the base model for a speed-up), and one
+  sampling run at batch 1.
 - Reported beside the quality (:meth:`report`, not used for selection): Frechet distances of samples to
   the validation and test images on a fixed encoder (:mod:`.sample_quality`).
 - Taylor importance (``loss``): Diff-Pruning's rule. The denoising loss of one batch is evaluated
@@ -44,7 +45,7 @@ from automl_prune.diffusion.sample_quality import FD_SAMPLES, frechet_distances,
 from automl_prune.diffusion.sampling import TRAIN_TIMESTEPS, noise_scheduler, sample, sampler_timesteps
 from automl_prune.figures import save_sample_grid
 from automl_prune.flops import FLOPS_CONVENTION
-from automl_prune.latency import measure_latency_ms, median_ms
+from automl_prune.latency import SEARCH_BUDGET_S, Latency, measure_calls, measure_latency
 from automl_prune.model_io import Inputs, to_device
 from automl_prune.progress import Progress
 from automl_prune.pruning.composite import CompositeModel
@@ -221,19 +222,33 @@ class DiffusionTask(SingleCallTask):
             f"encoder: {ref.encoder.name}"
         )
 
-    def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
-        one = to_device(self.example_input(data, 1), device)
-        many = to_device(self.example_input(data, 16), device)
+    def latency(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        device: torch.device,
+        *,
+        base: nn.Module | None = None,
+        budget_s: float = SEARCH_BUDGET_S,
+    ) -> dict[str, Latency]:
+        """One step at batch 1 and at batch 16 (each beside ``base`` when given), and one sampling run
+        at batch 1, timed alone: the step's speed-up already says what pruning gained, and sampling
+        runs are too long to time twice in every trial."""
         shape = (1, *data.info.input_shape)
 
         def run() -> torch.Tensor:
             return sample(model, shape, sampler_name=self.sampler, steps=self.sample_steps, device=device)
 
-        return {
-            "latency_ms": measure_latency_ms(model, one),
-            "latency_b16_ms": measure_latency_ms(model, many, repeats=5, warmup=2),
-            "sampling_ms": median_ms(run, repeats=3, warmup=1, cuda=device.type == "cuda"),
+        timings = {
+            name: measure_latency(
+                model, to_device(self.example_input(data, batch), device), base=base, budget_s=budget_s
+            )
+            for name, batch in (("latency", 1), ("latency_b16", 16))
         }
+        timings["sampling"] = measure_calls(
+            run, batch=1, device=device, budget_s=budget_s, min_repeats=3, warmup=1
+        )
+        return timings
 
     def figures(
         self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device

@@ -37,6 +37,7 @@ class SearchConfig:
     base_epochs: int | None = None  # None: the task's own recipe (Task.base_epochs / base_lr)
     base_lr: float | None = None
     batch_size: int | None = None
+    latency_budget_s: float | None = None  # timed s per model in trial latency (None: SEARCH_BUDGET_S)
     tracking_uri: str | None = None
     registered_model: str | None = None
     compare: list[str] = field(default_factory=list)
@@ -59,6 +60,7 @@ class SearchConfig:
         check_count(self.base_epochs, "--base-epochs", 0)
         check_count(self.batch_size, "--batch-size", 1)
         check_rate(self.base_lr, "--base-lr")
+        check_rate(self.latency_budget_s, "latency_budget_s")
 
     @property
     def run_dir(self) -> Path:

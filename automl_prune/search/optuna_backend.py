@@ -55,10 +55,14 @@ def metric_names(quality_metric: str) -> list[str]:
 
 def trial_attrs(record: TrialRecord, run_dir: Any) -> dict[str, Any]:
     """What a complete trial shows as user attributes besides its objectives: test metrics, parameter
-    count, latency, feasibility and the model directory (relative to the run directory)."""
+    count, latency (median, IQR, speed-up over the base, noisy flag), feasibility and the model
+    directory (relative to the run directory)."""
     attrs: dict[str, Any] = {
         "n_params": record.n_params,
         "latency_ms": record.latency_ms,
+        "latency_iqr_ms": record.latency_iqr_ms,
+        "speedup": record.speedup,
+        "latency_noisy": record.latency_noisy,
         "feasible": record.feasible,
         "model_dir": stored_path(record.model_dir, run_dir),
     }

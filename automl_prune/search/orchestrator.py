@@ -57,7 +57,9 @@ def baseline_fronts(run_dirs: list[str], info: SearchInfo) -> list[tuple[str, li
     return fronts
 
 
-def conventions(device: str, task: Task, data: DataSplits) -> dict[str, str]:
+def conventions(
+    device: str, task: Task, data: DataSplits, latency_budget_s: float | None = None
+) -> dict[str, str]:
     import torch
 
     report = task.report_convention(data)
@@ -65,7 +67,7 @@ def conventions(device: str, task: Task, data: DataSplits) -> dict[str, str]:
         **({"report": report} if report else {}),
         "flops": task.flops_convention(),
         "flops_unit": task.flops_unit,
-        "latency": latency_convention(resolve_device(device)),
+        "latency": latency_convention(resolve_device(device), latency_budget_s),
         "quality": "validation split (model selection never uses the test split)",
         "versions": f"automl_prune {__version__}, torch {torch.__version__}",
     }
@@ -111,7 +113,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, console: Console |
         base={},
         max_flops=plan.max_flops,
         config=config.to_dict(),
-        conventions=conventions(config.device, plan.task, plan.data),
+        conventions=conventions(config.device, plan.task, plan.data, config.latency_budget_s),
         tracking_uri=config.tracking_uri,
         registered_model=config.registered_model,
     )

@@ -47,6 +47,9 @@ CSV_COLUMNS = (
     "flops_ratio",
     "n_params",
     "latency_ms",
+    "latency_iqr_ms",
+    "speedup",
+    "latency_noisy",
     "target_flops",
     "model_dir",
     "params",
@@ -68,6 +71,9 @@ def front_csv(front: Sequence[TrialRecord], info: SearchInfo) -> str:
                 f"{r.flops / info.base['flops']:.4f}",
                 r.n_params,
                 f"{r.latency_ms:.4g}",
+                _figure(r.latency_iqr_ms, ".4g"),
+                _figure(r.speedup, ".4g"),
+                int(r.latency_noisy),
                 "" if r.target_flops is None else int(r.target_flops),
                 stored_path(r.model_dir, info.run_dir),  # relative to the run directory
                 json.dumps(r.params, sort_keys=True),
@@ -83,16 +89,31 @@ def _unit(info: SearchInfo) -> str:
     return info.conventions.get("flops_unit", "forward")
 
 
+def _figure(value: float | None, spec: str, missing: str = "") -> str:
+    """``value`` formatted, or ``missing`` for a record written before the field existed."""
+    return missing if value is None else format(value, spec)
+
+
+def _speedup(value: float | None, noisy: bool) -> str:
+    """A speed-up cell: the figure, marked when its timing spread too much to trust."""
+    return _figure(value, ".2f", "?") + (" noisy" if noisy else "")
+
+
 def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -> Table:
-    """A terminal table of the front with the base model as its first row."""
+    """A terminal table of the front with the base model as its first row: FLOPs and latency each as a
+    ratio to the base beside the absolute figure."""
     base = info.base
     budget = "none" if info.max_flops is None else f"{info.max_flops / 1e6:.3g}M"
     table = Table(
         title=f"Pareto front: {info.strategy} ({len(front)} of {n_trials} trials; budget {budget}; "
-        f"FLOPs per {_unit(info)} = fvcore MACs at batch 1)"
+        f"FLOPs per {_unit(info)} = fvcore MACs at batch 1)",
+        caption="speed-up: base latency / trial latency (medians, batch 1), base and trial timed "
+        "interleaved in the trial; noisy: the timing's spread (IQR) is too large a share of its median "
+        "to trust the figure",
     )
     per = f"MFLOPs/{_unit(info)}"
-    for column in ("trial", f"val {info.quality_metric}", per, "x base", "params (k)", "latency ms"):
+    columns = ("trial", f"val {info.quality_metric}", per, "FLOPs x base", "speed-up", "params (k)")
+    for column in (*columns, "latency ms", "IQR ms"):
         table.add_column(column, justify="right")
     if base:
         table.add_row(
@@ -100,8 +121,10 @@ def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -
             f"{base['quality']:.4f}",
             f"{base['flops'] / 1e6:.3f}",
             "1.000",
+            _speedup(1.0, bool(base.get("latency_noisy"))),
             f"{base['n_params'] / 1e3:.1f}",
             f"{base['latency_ms']:.3f}",
+            _figure(base.get("latency_iqr_ms"), ".3f"),
             style="dim",
         )
     for r in front:
@@ -110,8 +133,10 @@ def front_table(front: Sequence[TrialRecord], info: SearchInfo, n_trials: int) -
             f"{r.quality:.4f}",
             f"{r.flops / 1e6:.3f}",
             f"{r.flops / base['flops']:.3f}" if base else "?",
+            _speedup(r.speedup, r.latency_noisy),
             f"{r.n_params / 1e3:.1f}",
             f"{r.latency_ms:.3f}",
+            _figure(r.latency_iqr_ms, ".3f"),
         )
     return table
 

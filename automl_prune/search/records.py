@@ -22,6 +22,10 @@ class TrialRecord:
 
     ``quality`` is the task's quality metric on the validation split (``quality_metric`` names it);
     ``metrics`` holds the rest (e.g. ``test_accuracy``, reported but never used for selection).
+    ``latency_ms`` is the median of one call at batch 1 (:mod:`automl_prune.latency`), ``latency_iqr_ms``
+    its interquartile range, ``speedup`` the base's median over it from the base timed interleaved with
+    the trial, and ``latency_noisy`` says either spread was too large to trust (records written before
+    these fields load with None / False).
     """
 
     number: int
@@ -31,6 +35,9 @@ class TrialRecord:
     flops: int | None = None
     n_params: int | None = None
     latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    speedup: float | None = None
+    latency_noisy: bool = False
     target_flops: float | None = None
     feasible: bool = False
     metrics: dict[str, float] = field(default_factory=dict)

@@ -28,6 +28,7 @@ from automl_prune.data.registry import load_dataset, parse_spec
 from automl_prune.errors import AutomlPruneError, BudgetError, SpaceError
 from automl_prune.flops import Budget
 from automl_prune.io import atomic_write_bytes, cache_dir, content_key
+from automl_prune.latency import latency_metrics
 from automl_prune.models.base import ModelRef
 from automl_prune.models.checkpoints import load_pretrained
 from automl_prune.models.pretrained import get_base_model
@@ -266,6 +267,7 @@ def prepare_search(plan: Plan) -> Prepared:
         max_flops=plan.max_flops,
         batch_size=batch_size,
         budget_param=plan.space.budget,
+        **({} if config.latency_budget_s is None else {"latency_budget_s": config.latency_budget_s}),
     )
     settings = prepare_settings(plan.strategy, plan.space.defaults())
     weights = weights_digest(context.model)
@@ -276,7 +278,7 @@ def prepare_search(plan: Plan) -> Prepared:
         "flops": float(plan.base_flops),
         "n_params": float(plan.task.n_params(model)),
         **plan.task.cost(model, plan.data, plan.base_flops),
-        **plan.task.latency(model, plan.data, device),
+        **latency_metrics(plan.task.latency(model, plan.data, device, budget_s=context.latency_budget_s)),
         **plan.task.report(model, plan.data, device, progress),
     }
     return Prepared(plan, context, artifacts, base, settings, key, weights)

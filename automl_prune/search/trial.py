@@ -1,4 +1,7 @@
-"""One trial, identical on every backend: run the strategy, measure, save the pruned model."""
+"""One trial, identical on every backend: run the strategy, measure, save the pruned model.
+
+The trial's latency is timed interleaved with the base model (the context's), so its speed-up is a
+ratio of medians taken side by side in this process."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 
 from automl_prune.errors import AutomlPruneError, TrainingDivergedError
 from automl_prune.io import atomic_write_text
+from automl_prune.latency import latency_metrics
 from automl_prune.pruning.persistence import save_pruned
 from automl_prune.search.records import TrialRecord
 from automl_prune.search.setup import Prepared
@@ -68,9 +72,12 @@ def run_trial(
         task = context.task
         candidate.flops = context.flops(model)
         candidate.params = task.n_params(model)
-        timings = task.latency(model, context.data, context.device)
-        candidate.latency_ms = timings.pop("latency_ms")
-        candidate.metrics.update(task.cost(model, context.data, candidate.flops) | timings)
+        timings = task.latency(
+            model, context.data, context.device, base=context.model, budget_s=context.latency_budget_s
+        )
+        latency = timings.pop("latency")
+        candidate.latency_ms = latency.median_ms
+        candidate.metrics.update(task.cost(model, context.data, candidate.flops) | latency_metrics(timings))
         candidate.metrics.update(task.report(model, context.data, context.device, context.progress))
         candidate.figures += task.figures(
             model, context.model, context.data, Path(context.run_dir) / "figures", context.device
@@ -108,6 +115,9 @@ def run_trial(
         flops=candidate.flops,
         n_params=candidate.params,
         latency_ms=candidate.latency_ms,
+        latency_iqr_ms=latency.iqr_ms,
+        speedup=latency.speedup,
+        latency_noisy=latency.noisy,
         target_flops=candidate.target_flops,
         feasible=plan.max_flops is None or candidate.flops <= plan.max_flops,
         metrics={k: float(v) for k, v in candidate.metrics.items()},

@@ -20,7 +20,7 @@ from torch import nn
 from automl_prune.data.base import DataSplits
 from automl_prune.errors import DataError
 from automl_prune.flops import FLOPS_CONVENTION, count_flops, count_params
-from automl_prune.latency import measure_latency_ms
+from automl_prune.latency import SEARCH_BUDGET_S, Latency, measure_latency
 from automl_prune.model_io import Inputs, evaluating, to_device
 from automl_prune.progress import Progress
 
@@ -108,8 +108,18 @@ class Task(Protocol):
         """Parameters of what inference runs (a GAN's generator, not its discriminator)."""
         ...
 
-    def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
-        """Timings in ms; ``latency_ms`` (one call at batch 1) first, then any others the task reports."""
+    def latency(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        device: torch.device,
+        *,
+        base: nn.Module | None = None,
+        budget_s: float = SEARCH_BUDGET_S,
+    ) -> dict[str, Latency]:
+        """Named timings (:func:`~automl_prune.latency.measure_latency`): ``latency`` (one call at
+        batch 1) first, then any others the task reports. With ``base``, each timing that states a
+        speed-up times ``base`` interleaved with ``model``; ``budget_s``: timed seconds per model."""
         ...
 
     def report(
@@ -153,8 +163,17 @@ class SingleCallTask:
     def n_params(self, model: nn.Module) -> int:
         return count_params(model)
 
-    def latency(self, model: nn.Module, data: DataSplits, device: torch.device) -> dict[str, float]:
-        return {"latency_ms": measure_latency_ms(model, to_device(self.example_input(data, 1), device))}
+    def latency(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        device: torch.device,
+        *,
+        base: nn.Module | None = None,
+        budget_s: float = SEARCH_BUDGET_S,
+    ) -> dict[str, Latency]:
+        one = to_device(self.example_input(data, 1), device)
+        return {"latency": measure_latency(model, one, base=base, budget_s=budget_s)}
 
     def report(
         self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress

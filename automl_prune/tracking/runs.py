@@ -328,6 +328,9 @@ def trial_metrics(search: SearchInfo, trial: TrialRecord) -> dict[str, Any]:
             "flops_ratio": trial.flops / base if trial.flops is not None and base else None,
             "n_params": trial.n_params,
             "latency_ms": trial.latency_ms,
+            "latency_iqr_ms": trial.latency_iqr_ms,
+            "speedup": trial.speedup,
+            "latency_noisy": float(trial.latency_noisy),
             "target_macs": trial.target_flops,
             "wall_time_s": trial.wall_time_s,
         }
