@@ -20,13 +20,12 @@ import copy
 from itertools import accumulate
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from automl_prune.errors import ModelError
 from automl_prune.flops import count_flops, module_flops
 from automl_prune.model_io import Inputs
-from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis, analyze
+from automl_prune.pruning.graph import LAYERS, NORMS, ChannelGroup, DependencyAnalysis, analyze, is_depthwise
 from automl_prune.pruning.surgery import hard_keep, slice_model
 
 
@@ -140,8 +139,7 @@ def _channels(module: nn.Module) -> tuple[int, int]:
     """(in, out) channels of a layer whose count scales with both; norms and depthwise convs scale
     with one channel count, given as out (their members are all out-side)."""
     if isinstance(module, nn.modules.conv._ConvNd):
-        depthwise = tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV
-        return (1 if depthwise else module.in_channels), module.out_channels
+        return (1 if is_depthwise(module) else module.in_channels), module.out_channels
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if isinstance(module, nn.GroupNorm):

@@ -11,18 +11,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from automl_prune.errors import ModelError
 from automl_prune.model_io import Inputs, output_tensors
 from automl_prune.pruning.layers import Unit, forced_units
 
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LayerNorm)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv with one group per output channel, as torch-pruning classifies it (its channels go with
+    its inputs' channels, so it scales with one channel count)."""
+    conv = isinstance(module, nn.modules.conv._ConvNd)
+    return conv and module.groups == module.out_channels and module.out_channels > 1
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ def analyze(
     A grouped conv keeps its number of groups: each unit of its input and output groups is one channel
     of every conv group, so all groups shrink alike (RegNet's and ResNeXt's group width constraint).
     """
+    import torch_pruning as tp  # heavy (it imports timm and torchvision when installed): loaded on use
+
     was_training = model.training
     try:
         with torch.enable_grad():
@@ -212,8 +223,7 @@ def _channel_group(
 def _layer_unit(name: str, side: str, modules: dict[str, nn.Module], forced: dict[str, Unit]) -> Unit | None:
     """The unit one side of a layer imposes: a grouped (not depthwise) conv's, or a layer rule's."""
     module = modules[name]
-    grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
-    if grouped and tp.ops.module2type(module) != tp.ops.OPTYPE.DEPTHWISE_CONV:
+    if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module):
         return Unit(1, module.groups)
     return forced.get(name) if side == "out" else None
 

@@ -18,7 +18,6 @@ import copy
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from automl_prune.api import Candidate, Context, Inputs, Strategy, builtin_space_path, hookimpl
@@ -35,6 +34,8 @@ TAYLOR_BATCHES = 4
 
 
 def _criterion(name: str) -> Any:
+    import torch_pruning as tp  # heavy: loaded when a trial runs, not when the plugin registers
+
     if name in ("l1", "l2"):
         return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2, normalizer=None)
     if name == "taylor":
