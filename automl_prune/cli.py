@@ -329,7 +329,8 @@ def evaluate(
         if timing["noisy"]:
             typer.echo(
                 f"warning: {name} is noisy (interquartile range above {NOISY_SPREAD:g} x the median, "
-                "for the model or its base): rerun on an idle machine, with fewer threads "
+                "or threads contending for a shared CPU, for the model or its base): rerun on an idle "
+                "machine, with fewer threads "
                 "(OMP_NUM_THREADS=1 steadies a shared CPU) or with a larger --latency-budget",
                 err=True,
             )

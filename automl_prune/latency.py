@@ -32,6 +32,7 @@ WARMUP = 3  # untimed calls per model first
 TARGET_BLOCKS = 20  # calls are grouped in blocks of budget / TARGET_BLOCKS seconds
 MAX_REPEATS = 10_000  # stops for calls that take no measurable time (fake clocks)
 MAX_BLOCK_CALLS = 10_000
+CONTENDED_RATIO = 1.5  # one thread this much faster than torch's threads: they are fighting for the CPU
 
 Clock = Callable[[], float]
 
@@ -41,7 +42,8 @@ class Latency:
     """One model's timing: median and interquartile range in ms of ``repeats`` samples (each the mean
     call time of a block of calls; ``calls`` in all), at ``batch`` on ``device`` with ``threads`` CPU
     threads (None on a GPU). ``base`` is the base model timed interleaved with this one, when a speed-up
-    was asked for."""
+    was asked for. ``contended``: one thread ran the model much faster than ``threads`` did, so the
+    figure measures threads waiting on a shared CPU, not the model."""
 
     median_ms: float
     iqr_ms: float
@@ -51,6 +53,7 @@ class Latency:
     threads: int | None
     calls: int = 1
     base: Latency | None = None
+    contended: bool = False
 
     @classmethod
     def of(cls, samples_ms: Sequence[float], **facts: Any) -> Latency:
@@ -67,8 +70,9 @@ class Latency:
 
     @property
     def noisy(self) -> bool:
-        """Whether this timing (or the base's, for a speed-up) spreads more than :data:`NOISY_SPREAD`."""
-        return self.spread > NOISY_SPREAD or (self.base is not None and self.base.noisy)
+        """Whether this timing (or the base's, for a speed-up) spreads more than :data:`NOISY_SPREAD` or
+        is ``contended``."""
+        return self.contended or self.spread > NOISY_SPREAD or (self.base is not None and self.base.noisy)
 
     @property
     def speedup(self) -> float | None:
@@ -140,10 +144,13 @@ def measure_calls(
     clock: Clock = time.perf_counter,
 ) -> Latency:
     """The :class:`Latency` of ``run()`` (no grad); with ``base_run``, the two are timed interleaved and
-    the record carries the base's (``speedup``). ``threads``: the threads the calls use (default: torch's
-    on a CPU, None on a GPU)."""
+    the record carries the base's (``speedup``). ``threads``: the threads the calls use (default:
+    torch's on a CPU, checked by :func:`_one_thread_is_faster`; None on a GPU)."""
     runs = [run] if base_run is None else [base_run, run]
     cuda = device.type == "cuda"
+    on_torch_threads = threads is None and not cuda
+    if on_torch_threads:
+        threads = torch.get_num_threads()
     with torch.inference_mode():
         timed = time_interleaved(
             runs,
@@ -153,11 +160,29 @@ def measure_calls(
             sync=torch.cuda.synchronize if cuda else None,
             clock=clock,
         )
-    if threads is None and not cuda:
-        threads = torch.get_num_threads()
-    facts = {"batch": batch, "device": str(device), "threads": threads}
-    records = [Latency.of(samples, calls=calls, **facts) for samples, calls in timed]
-    return records[0] if base_run is None else replace(records[1], base=records[0])
+        facts = {"batch": batch, "device": str(device), "threads": threads}
+        records = [Latency.of(samples, calls=calls, **facts) for samples, calls in timed]
+        contended = (
+            on_torch_threads
+            and threads > 1
+            and _one_thread_is_faster(run, records[-1].median_ms, budget_s, clock)
+        )
+    main = records[0] if base_run is None else replace(records[1], base=records[0])
+    return replace(main, contended=contended)
+
+
+def _one_thread_is_faster(run: Callable[[], object], median_ms: float, budget_s: float, clock: Clock) -> bool:
+    """Whether ``run`` on one CPU thread takes under 1 / :data:`CONTENDED_RATIO` of ``median_ms``, its
+    time on torch's threads. On a CPU shared with other processes, torch's threads wait for each other
+    at every operator (a descheduled thread holds up the rest) and a 0.6 ms model reads 650 ms with a
+    small spread: steady, so only this comparison shows it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        [(samples, _)] = time_interleaved([run], budget_s=budget_s / 4, min_repeats=3, warmup=1, clock=clock)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(samples) * CONTENDED_RATIO < median_ms
 
 
 def batch_of(inputs: Inputs) -> int:
@@ -205,5 +230,6 @@ def latency_convention(device: torch.device, budget_s: float | None = None, batc
         f"median and IQR of per-call times in blocks of calls (at least {MIN_REPEATS} blocks and "
         f"{budget_s:g} s timed per model, after {WARMUP} warm-up calls), batch {batch}, device {device}, "
         f"threads {threads}; speed-up = base median / model median, the two timed interleaved in one "
-        f"process; noisy when IQR / median > {NOISY_SPREAD:g}"
+        f"process; noisy when IQR / median > {NOISY_SPREAD:g}, or when one thread runs the model "
+        f"{CONTENDED_RATIO:g}x faster than torch's threads (they contend for a shared CPU)"
     )

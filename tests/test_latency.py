@@ -133,6 +133,27 @@ def test_speedup_is_the_ratio_of_interleaved_medians() -> None:
     )
 
 
+def test_threads_that_wait_on_each_other_are_flagged(monkeypatch) -> None:
+    """A model that one thread runs 10x faster than two: the steady two-thread figure is contention."""
+    clock, threads = FakeClock(), torch.get_num_threads()
+
+    def run() -> None:
+        clock.now += MS if torch.get_num_threads() == 1 else 10 * MS
+
+    try:
+        torch.set_num_threads(2)
+        t = measure_calls(run, batch=1, device=torch.device("cpu"), budget_s=TARGET_BLOCKS * MS, clock=clock)
+        given = measure_calls(
+            run, batch=1, device=torch.device("cpu"), budget_s=TARGET_BLOCKS * MS, threads=2, clock=clock
+        )
+        assert torch.get_num_threads() == 2  # given back
+    finally:
+        torch.set_num_threads(threads)
+    assert t.median_ms == pytest.approx(10e3 * MS) and t.iqr_ms == 0.0 and t.threads == 2
+    assert t.contended and t.noisy and t.to_dict()["noisy"]
+    assert not given.contended  # threads the caller set (an ONNX Runtime session's) are not checked
+
+
 class Sleepy(nn.Module):
     """A model made slower on purpose: it sleeps before its linear layer."""
 
