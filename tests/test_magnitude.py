@@ -62,3 +62,14 @@ def test_min_flops_is_what_slicing_reaches(prepared: Prepared, tmp_path: Path) -
 
     path = save_pruned(candidate.model, tmp_path / "m", model_ref=context.model_ref, info=context.data.info)
     assert count_flops(automl_prune.load(path), context.example_input(1)) == smallest
+
+
+def test_channel_multiple_keeps_widths_a_vectorised_kernel_runs_fast(prepared: Prepared) -> None:
+    context = prepared.context
+    params = {**prepared.plan.space.defaults(), "target_flops_ratio": 0.7, "finetune_epochs": 0}
+    widths = {}
+    for multiple in (1, 8):
+        candidate = prepared.plan.strategy.run(context, {**params, "channel_multiple": multiple}, {})
+        assert count_flops(candidate.model, context.example_input(1)) <= candidate.target_flops
+        widths[multiple] = [len(kept) for kept in candidate.spec["keep"].values()]
+    assert all(w % 8 == 0 for w in widths[8]) and any(w % 8 for w in widths[1])

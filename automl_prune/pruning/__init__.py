@@ -32,7 +32,13 @@ from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member,
 from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE, deterministic_gates, gumbel_sigmoid
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
-from automl_prune.pruning.selection import global_keep, keep_for_target, kept_indices, uniform_keep
+from automl_prune.pruning.selection import (
+    aligned_units,
+    global_keep,
+    keep_for_target,
+    kept_indices,
+    uniform_keep,
+)
 from automl_prune.pruning.surgery import hard_keep, slice_model
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "Router",
     "SliceMismatchError",
     "TimestepRouter",
+    "aligned_units",
     "analyze",
     "choose",
     "deterministic_gates",

@@ -8,11 +8,26 @@ bisection on the exact FLOPs model, so the selection meets the target by fvcore'
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 
+from automl_prune.pruning.graph import ChannelGroup
+
 Keep = dict[str, torch.Tensor]
+
+
+def aligned_units(groups: Iterable[ChannelGroup], multiple: int = 1) -> dict[str, int]:
+    """Each group's selection unit, widened so kept channel counts are multiples of ``multiple`` where the
+    group's size allows. Vectorised CPU kernels (ONNX Runtime's blocked layouts) run widths that are
+    multiples of 8 much faster: a ResNet-18 pruned to 50% FLOPs ran 2x slower than its base in ONNX
+    Runtime with widths such as 39 and 94, and 1.8x faster with multiples of 8 (see the README)."""
+    units = {}
+    for group in groups:
+        unit = math.lcm(group.unit, multiple)
+        units[group.key] = unit if group.size % unit == 0 else group.unit
+    return units
 
 
 def _unit_scores(scores: torch.Tensor, unit: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from torch import nn
 from automl_prune.api import Candidate, Context, Inputs, Strategy, builtin_space_path, hookimpl
 from automl_prune.pruning import (
     GatedFlops,
+    aligned_units,
     analyze,
     keep_for_target,
     kept_indices,
@@ -75,7 +76,7 @@ class MagnitudeStrategy(Strategy):
             scores = analysis.importance(_criterion(params["criterion"]))
         flops = GatedFlops(model, analysis, example)
         target = context.target_flops(params)
-        units = {g.key: g.unit for g in analysis}
+        units = aligned_units(analysis, params["channel_multiple"])
         keep = keep_for_target(scores, units, lambda k: float(flops(k)), target, params["scope"])
         model.zero_grad(set_to_none=True)
         pruned = slice_model(model, example, keep, analysis)
