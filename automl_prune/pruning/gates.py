@@ -36,8 +36,7 @@ class ChannelGates:
                 sites.setdefault(point.module, []).append(site)
         modules = dict(model.named_modules())
         self._handles = [
-            modules[name].register_forward_hook(partial(self._gate, at))
-            for name, at in sites.items()
+            modules[name].register_forward_hook(partial(self._gate, at)) for name, at in sites.items()
         ]
 
     def set(self, values: dict[str, torch.Tensor]) -> None:
