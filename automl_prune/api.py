@@ -18,6 +18,8 @@ is the contract the core keeps stable; the modules behind it may move.
   (:func:`atomic_write_bytes`, :func:`png_bytes`, :func:`save_sample_grid`); counting
   (:func:`count_flops`, :func:`count_params`);
 - Frechet distances and FID (:func:`frechet_distance`, :func:`fid`, :class:`InceptionEncoder`, ...).
+- diffusion sampling: :func:`noise_scheduler` (the training scheduler that noises images at a
+  timestep) and :func:`sampler_timesteps` (the training timesteps a sampler visits).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.common import file_extra, file_transform, image_size_of
 from automl_prune.data.folders import PairedImages, dataset_folder, first_image, image_files
+from automl_prune.diffusion.sampling import noise_scheduler, sampler_timesteps
 from automl_prune.errors import (
     AutomlPruneError,
     BudgetError,
@@ -110,7 +113,9 @@ __all__ = [
     "load_space",
     "measure_calls",
     "measure_latency",
+    "noise_scheduler",
     "png_bytes",
+    "sampler_timesteps",
     "save_sample_grid",
     "split_dataset",
     "tf_bilinear_resize",

@@ -1,0 +1,11 @@
+"""Diffusion mixture of efficient experts (ECCV 2024 design, methods/diffusion_moe.md): a pretrained
+diffusion UNet pruned into a few experts, one per interval of denoising timesteps, with a routing agent
+that decides how much compute each interval gets.
+
+Being built (issue 14); the strategy is registered once its stages exist end to end:
+
+- ``similarity.py``: S(t, t') between timesteps (denoising-loss gradient cosine, or activation CKA);
+- ``intervals.py``: contiguous intervals by dynamic programming, their number from the objective's knee;
+- ``agent.py``: the routing agent (per-expert categorical choices, Gumbel-softmax, the average-FLOPs-per-
+  step resource loss weighted by the sampler's steps per interval).
+"""
