@@ -76,7 +76,7 @@ class MagnitudeStrategy(Strategy):
             scores = analysis.importance(_criterion(params["criterion"]))
         flops = GatedFlops(model, analysis, example)
         target = context.target_flops(params)
-        units = aligned_units(analysis, params["channel_multiple"])
+        units = aligned_units(analysis, params.get("channel_multiple", 1))  # optional: spaces before it
         keep = keep_for_target(scores, units, lambda k: float(flops(k)), target, params["scope"])
         model.zero_grad(set_to_none=True)
         pruned = slice_model(model, example, keep, analysis)
