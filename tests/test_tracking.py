@@ -34,7 +34,7 @@ from automl_prune.tracking.registry import (
     registered_model_name,
     select_best,
 )
-from automl_prune.tracking.runs import read_parent_run_id
+from automl_prune.tracking.runs import PARENT_TAG, read_parent_run_id
 from automl_prune.tracking.store import check_reachable, default_tracking_uri
 
 pytestmark = pytest.mark.timeout(300)
@@ -395,6 +395,28 @@ def test_search_finished_logs_trials_the_store_never_saw(tmp_path: Path) -> None
     client = client_for(default_tracking_uri(run_dir))
     assert sorted(children(client, read_parent_run_id(run_dir))) == [0, 1]
     assert json.loads((run_dir / "promotion.json").read_text())["trial_number"] == 1
+
+
+def test_search_finished_relogs_a_trial_whose_logging_was_killed(tmp_path: Path) -> None:
+    """kill -9 between creating a trial's run and ending it leaves it RUNNING; its record is complete,
+    so the resumed search does not run it again, and finishing the search must log it properly."""
+    run_dir = tmp_path / "run"
+    search = make_search(run_dir)
+    trials = [make_trial(run_dir, 0, 0.7, 900), make_trial(run_dir, 1, 0.8, 1000)]
+    plugin.search_started(search=search)
+    plugin.trial_finished(search=search, trial=trials[0])
+    parent_id = read_parent_run_id(run_dir)
+    client = client_for(default_tracking_uri(run_dir))
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    tags = {PARENT_TAG: parent_id, "trial_number": "1", "automl_prune.role": "trial"}
+    cut_off = client.create_run(experiment_id, run_name="trial-1", tags=tags).info.run_id
+    plugin.search_finished(search=search, trials=trials, front=trials)
+    active = client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'")
+    assert sorted((r.data.tags["trial_number"], r.info.status) for r in active) == [
+        ("0", "FINISHED"),
+        ("1", "FINISHED"),
+    ]
+    assert client.get_run(cut_off).info.lifecycle_stage == "deleted"
 
 
 def test_promote_an_earlier_search(tmp_path: Path) -> None:

@@ -103,8 +103,9 @@ def search_finished(search: SearchInfo, trials: list[TrialRecord], front: list[T
         experiment_id = ensure_experiment(client, search, uri)
         parent_id = parent_run(client, search, uri, experiment_id)
         logged = trial_runs(client, experiment_id, parent_id)
-        for trial in trials:  # trials whose trial_finished never reached this store
-            if trial.number not in logged:
+        for trial in trials:  # trials whose logging never reached this store, or was cut off (kill -9)
+            run = logged.get(trial.number)
+            if run is None or run.info.status == "RUNNING":
                 log_trial(client, search, experiment_id, parent_id, trial, trust_code=True)
         run_dir = Path(search.run_dir)
         for name in ("pareto.csv", "pareto.png"):
