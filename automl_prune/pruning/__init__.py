@@ -7,7 +7,8 @@ normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoi
 under a FLOPs target; ``slice_model`` removes channels physically;
 ``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model
 (``exact_flops_of``: the exact FLOPs of hard keep masks); ``OFFSET``/``TEMPERATURE`` are the Gumbel
-gates' defaults (gates start open, nearly binary);
+gates' defaults (gates start open, nearly binary); ``gumbel_softmax`` relaxes a choice among options
+(an expert's configuration), cooled by ``annealed_temperature``;
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
 timestep); ``save_pruned``/``load_pruned`` store pruned and composite models without pickle;
@@ -29,7 +30,14 @@ from automl_prune.pruning.flops_model import GatedFlops, smallest_flops
 from automl_prune.pruning.gates import ChannelGates
 from automl_prune.pruning.generator import ArchitectureGenerator
 from automl_prune.pruning.graph import ChannelGroup, DependencyAnalysis, Member, analyze
-from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE, deterministic_gates, gumbel_sigmoid
+from automl_prune.pruning.gumbel import (
+    OFFSET,
+    TEMPERATURE,
+    annealed_temperature,
+    deterministic_gates,
+    gumbel_sigmoid,
+    gumbel_softmax,
+)
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
 from automl_prune.pruning.selection import (
@@ -56,6 +64,7 @@ __all__ = [
     "TimestepRouter",
     "aligned_units",
     "analyze",
+    "annealed_temperature",
     "choose",
     "deterministic_gates",
     "exact_flops_of",
@@ -63,6 +72,7 @@ __all__ = [
     "export_torchscript",
     "global_keep",
     "gumbel_sigmoid",
+    "gumbel_softmax",
     "hard_keep",
     "keep_for_target",
     "kept_indices",
