@@ -11,12 +11,15 @@ gates' defaults (gates start open, nearly binary); ``gumbel_softmax`` relaxes a 
 (an expert's configuration), cooled by ``annealed_temperature``;
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
-timestep); ``save_pruned``/``load_pruned`` store pruned and composite models without pickle;
+timestep); ``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their
+input's shape (``shape_preserving``: elastic depth); ``save_pruned``/``load_pruned`` store pruned and
+composite models without pickle;
 ``export_*`` write TorchScript/ONNX.
 """
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.composite import CompositeModel, Router, TimestepRouter
+from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
     SliceMismatchError,
@@ -53,6 +56,7 @@ __all__ = [
     "OFFSET",
     "TEMPERATURE",
     "ArchitectureGenerator",
+    "BlockSkips",
     "ChannelGates",
     "ChannelGroup",
     "CompositeModel",
@@ -60,6 +64,7 @@ __all__ = [
     "GatedFlops",
     "Member",
     "Router",
+    "SkippedBlock",
     "SliceMismatchError",
     "TimestepRouter",
     "aligned_units",
@@ -82,8 +87,10 @@ __all__ = [
     "masked_outputs",
     "read_spec",
     "recalibrate_batchnorm",
+    "remove_blocks",
     "repair_to_budget",
     "save_pruned",
+    "shape_preserving",
     "slice_checked",
     "slice_model",
     "smallest_flops",

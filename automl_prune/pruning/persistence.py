@@ -40,6 +40,7 @@ from automl_prune.io import dir_mode, file_mode
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model, outside_code
 from automl_prune.pruning.composite import CompositeModel, router_from_config
+from automl_prune.pruning.depth import SkippedBlock
 from automl_prune.pruning.layers import LayerRule, layer_rules, rule_of, type_name
 
 FORMAT = "automl_prune.pruned"
@@ -71,6 +72,7 @@ SHAPES: dict[type[nn.Module], tuple[str, ...]] = {
     nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
     nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine", "bias"),
     nn.Identity: (),
+    SkippedBlock: (),  # a block an elastic-depth model skips (see depth.py)
 }
 _BY_NAME = {cls.__name__: cls for cls in SHAPES}
 

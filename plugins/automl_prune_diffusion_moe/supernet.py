@@ -1,0 +1,290 @@
+"""Stage 3: an elastic expert, a weight-sharing supernet of one diffusion UNet (methods/diffusion_moe.md).
+
+One set of weights (a deep copy of the dense UNet) serves every configuration ``ExpertConfig(width,
+depth)``; choices the spec leaves open, made here:
+
+- **Width**: one option for the whole UNet, the same share of every channel group's units (GroupNorm
+  groups, attention heads), rounded to whole units and at least one. One option per stage would give
+  |widths|^stages configurations (4^7 on the tiny UNet), more than the routing agent's one categorical per
+  expert can enumerate and cost; one shared width keeps the option grid at |widths| x |depths|. Within a
+  group, units are ordered once, on the dense model, by L1 weight magnitude (torch-pruning's group
+  magnitude, summed per unit): data-free, independent of the interval, and fixed while the supernet
+  trains, so the order never drifts. Width w keeps the first round(w * units) of that order, so a smaller
+  width's channels are a subset of every larger width's (nested, as weight sharing needs). Pass
+  ``scores`` (e.g. Taylor importance on the interval's denoising loss) to order otherwise.
+- **Depth**: a stage is a down block, the mid block or an up block; its blocks, in forward order, are
+  its resnet and attention blocks. Depth d keeps the first d blocks of every stage and skips the rest
+  that can be skipped: a block whose output has its input's shape (toolbox ``shape_preserving``). A
+  resnet block that changes its channels (every up block's resnets, which take the skip concatenation)
+  is never skipped, so a stage may keep more than d blocks. Skipping is a forward hook returning the
+  block's input (toolbox ``BlockSkips``; diffusers' classes are not edited); an extracted expert holds a
+  ``SkippedBlock`` there, which the project's persistence saves and rebuilds.
+- **FLOPs** of a configuration: the toolbox's ``GatedFlops`` (fvcore's convention) of the dense UNet with
+  that depth's blocks removed, fed the width's keep masks; exact against fvcore on the extracted expert
+  (the tests check it). One such model is fitted per depth, on first use, at the supernet's example.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from automl_prune.api import AutomlPruneError, Inputs, noise_scheduler
+from automl_prune.pruning import (
+    BlockSkips,
+    ChannelGates,
+    DependencyAnalysis,
+    GatedFlops,
+    analyze,
+    remove_blocks,
+    shape_preserving,
+    slice_model,
+    uniform_keep,
+)
+
+WIDTHS = (1.0, 0.75, 0.5, 0.25)
+STAGES = ("down_blocks", "mid_block", "up_blocks")
+Keep = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, order=True)
+class ExpertConfig:
+    """One sub-network of the supernet: the share of every channel group kept, and the blocks kept per
+    stage (larger values compare larger)."""
+
+    depth: int
+    width: float
+
+
+def stage_blocks(unet: nn.Module) -> list[list[str]]:
+    """Per stage (down blocks, mid block, up blocks), the names of its resnet and attention blocks in the
+    order its forward runs them (a mid block runs resnet 0, then attention i and resnet i + 1)."""
+    stages = []
+    for prefix in STAGES:
+        part = getattr(unet, prefix, None)
+        if isinstance(part, nn.ModuleList):
+            named = [(f"{prefix}.{i}", stage) for i, stage in enumerate(part)]
+        else:
+            named = [(prefix, part)] if part is not None else []
+        for name, stage in named:
+            resnets = [f"{name}.resnets.{j}" for j in range(len(stage.resnets))]
+            attentions = [
+                f"{name}.attentions.{j}" if a is not None else None
+                for j, a in enumerate(getattr(stage, "attentions", None) or [])
+            ]
+            if prefix == "mid_block":
+                order = [resnets[0], *(b for pair in zip(attentions, resnets[1:], strict=True) for b in pair)]
+            else:
+                order = [b for j, r in enumerate(resnets) for b in (r, *attentions[j : j + 1])]
+            stages.append([b for b in order if b is not None])
+    return stages
+
+
+def magnitude_scores(analysis: DependencyAnalysis) -> dict[str, torch.Tensor]:
+    """Per-channel L1 weight magnitude of every group (the default width order, see the module doc)."""
+    import torch_pruning as tp  # heavy: loaded on use
+
+    return analysis.importance(tp.importance.GroupMagnitudeImportance(p=1, normalizer=None))
+
+
+class ElasticUNet(nn.Module):
+    """The supernet of ``dense`` (which is copied, never changed), traced at ``example`` (a batch-1 UNet
+    input, as ``DiffusionTask.example_input`` gives). Call it as the UNet; ``set_config`` picks the
+    sub-network the calls run."""
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        example: Inputs,
+        widths: Sequence[float] = WIDTHS,
+        depths: Sequence[int] | None = None,
+        scores: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = copy.deepcopy(dense)
+        self.example = example
+        self.analysis = analyze(self.unet, example)
+        self.stages = stage_blocks(self.unet)
+        self.skippable = shape_preserving(self.unet, example, [b for stage in self.stages for b in stage])
+        longest = max(len(stage) for stage in self.stages)
+        self.widths = tuple(sorted(set(widths), reverse=True))
+        self.depths = tuple(sorted(set(depths or range(1, longest + 1)), reverse=True))
+        if not all(0 < w <= 1 for w in self.widths) or not all(0 <= d <= longest for d in self.depths):
+            raise AutomlPruneError(
+                f"widths must lie in (0, 1] and depths in 0..{longest}; got {widths} and {depths}",
+                f"give e.g. widths={WIDTHS} and depths within 0..{longest}",
+            )
+        scores = scores if scores is not None else magnitude_scores(self.analysis)
+        units = {g.key: g.unit for g in self.analysis}
+        self._keeps = {w: uniform_keep(scores, units, w) for w in self.widths}
+        self._flops: dict[int, tuple[GatedFlops, dict[str, tuple[str, torch.Tensor]]]] = {}
+        self.config = self.largest()
+        self._attach()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.unet(*args, **kwargs)
+
+    def keep(self, width: float) -> Keep:
+        """The boolean keep mask of every channel group at ``width``."""
+        return self._keeps[width]
+
+    def skipped(self, depth: int) -> list[str]:
+        """The blocks depth ``depth`` skips: each stage's skippable blocks after its first ``depth``."""
+        return [b for stage in self.stages for b in stage[depth:] if b in self.skippable]
+
+    def configs(self) -> list[ExpertConfig]:
+        """Every configuration, largest first (the routing agent's options)."""
+        return sorted((ExpertConfig(d, w) for d in self.depths for w in self.widths), reverse=True)
+
+    def largest(self) -> ExpertConfig:
+        return ExpertConfig(self.depths[0], self.widths[0])
+
+    def smallest(self) -> ExpertConfig:
+        return ExpertConfig(self.depths[-1], self.widths[-1])
+
+    def random(self, generator: torch.Generator | None = None) -> ExpertConfig:
+        """A configuration drawn uniformly (the sandwich rule's random path)."""
+        options = self.configs()
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    def set_config(self, config: ExpertConfig) -> None:
+        """Mask the channels and skip the blocks that ``config`` drops, for the calls that follow."""
+        if config.width not in self._keeps or config.depth not in self.depths:
+            raise AutomlPruneError(
+                f"{config} is not a configuration of this supernet",
+                f"choose a width in {self.widths} and a depth in {self.depths} (see configs())",
+            )
+        self._gates.set({k: v.float() for k, v in self.keep(config.width).items()})
+        self._skips.set(self.skipped(config.depth))
+        self.config = config
+
+    def extract(self, config: ExpertConfig) -> nn.Module:
+        """The expert of ``config`` as a physically smaller UNet (a new module, current weights): channels
+        sliced, skipped blocks replaced by ``SkippedBlock``; ``save_pruned`` stores it."""
+        with self._detached():
+            sliced = slice_model(self.unet, self.example, self.keep(config.width), self.analysis)
+        return remove_blocks(sliced, self.skipped(config.depth))
+
+    def flops(self, config: ExpertConfig) -> float:
+        """FLOPs (fvcore's convention, at the supernet's example input) of ``config``'s expert."""
+        model, channels = self._depth_flops(config.depth)
+        keep = self.keep(config.width)
+        return float(model({key: keep[full][index].double() for key, (full, index) in channels.items()}))
+
+    def _depth_flops(self, depth: int) -> tuple[GatedFlops, dict[str, tuple[str, torch.Tensor]]]:
+        """The FLOPs model of the UNet with ``depth``'s blocks removed, and for each of its channel groups
+        the supernet's group and channels it is (matched through a shared layer's channel indices)."""
+        if depth not in self._flops:
+            with self._detached():
+                model = remove_blocks(copy.deepcopy(self.unet), self.skipped(depth))
+            analysis = analyze(model, self.example)
+            where = {
+                (m.module, m.side, i): (group.key, c)
+                for group in self.analysis
+                for m in group.members
+                for i, c in zip(m.idxs, m.channels, strict=True)
+            }
+            channels = {}
+            for group in analysis:
+                m = next(
+                    m
+                    for m in group.members
+                    if len(m.channels) == group.size and (m.module, m.side, m.idxs[0]) in where
+                )
+                found = [where[(m.module, m.side, i)] for i in m.idxs]
+                order = torch.tensor(m.channels).argsort()
+                channels[group.key] = (found[0][0], torch.tensor([c for _, c in found])[order])
+            self._flops[depth] = (GatedFlops(model, analysis, self.example), channels)
+        return self._flops[depth]
+
+    def _attach(self) -> None:
+        self._gates = ChannelGates(self.unet, self.analysis)
+        self._skips = BlockSkips(self.unet, self.skippable)
+        self.set_config(self.config)
+
+    @contextmanager
+    def _detached(self) -> Iterator[None]:
+        """The UNet without the supernet's hooks (copying or slicing it would carry them along)."""
+        self._gates.remove()
+        self._skips.remove()
+        try:
+            yield
+        finally:
+            self._attach()
+
+
+def sandwich_loss(
+    supernet: ElasticUNet,
+    dense: nn.Module,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    configs: Sequence[ExpertConfig],
+    scheduler: Any,
+    distill: float = 1.0,
+) -> torch.Tensor:
+    """Mean over ``configs`` of the noise-prediction MSE plus ``distill`` x the MSE to the frozen dense
+    model's predicted noise, on ``x0`` noised with ``noise`` at ``timesteps``."""
+    noisy = scheduler.add_noise(x0, noise, timesteps)
+    with torch.no_grad():
+        teacher = dense(noisy, timesteps).sample
+    total = x0.new_zeros(())
+    for config in configs:
+        supernet.set_config(config)
+        predicted = supernet(noisy, timesteps).sample
+        total = total + F.mse_loss(predicted, noise) + distill * F.mse_loss(predicted, teacher)
+    return total / len(configs)
+
+
+def train_supernet(
+    supernet: ElasticUNet,
+    dense: nn.Module,
+    images: torch.Tensor,
+    interval: tuple[int, int],
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    distill: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    """Train ``supernet`` for ``steps`` Adam steps on ``images`` (in [-1, 1]) at timesteps drawn uniformly
+    from ``interval`` = [start, end) only; each step's loss is :func:`sandwich_loss` over the largest, the
+    smallest and one random configuration (the sandwich rule: the extremes bound every sub-network).
+    ``dense`` is the frozen teacher (eval mode, no gradients). Returns each step's loss; the supernet is
+    left at its largest configuration."""
+    start, end = interval
+    if not 0 <= start < end:
+        raise AutomlPruneError(
+            f"an interval of timesteps is [start, end) with 0 <= start < end, got {interval}",
+            "pass the interval's boundaries, e.g. (0, 300)",
+        )
+    scheduler = noise_scheduler()
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(supernet.parameters(), lr=lr)
+    was_training = dense.training
+    dense.eval()
+    supernet.train()
+    losses = []
+    try:
+        for _ in range(steps):
+            batch = torch.randint(len(images), (batch_size,), generator=generator)
+            x0 = images[batch]
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            timesteps = torch.randint(start, end, (batch_size,), generator=generator).to(x0.device)
+            configs = (supernet.largest(), supernet.smallest(), supernet.random(generator))
+            loss = sandwich_loss(supernet, dense, x0, noise, timesteps, configs, scheduler, distill)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        dense.train(was_training)
+        supernet.set_config(supernet.largest())
+    return losses
