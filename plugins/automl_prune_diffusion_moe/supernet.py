@@ -31,7 +31,7 @@ width)``; choices the spec leaves open, made here:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -242,9 +242,63 @@ def sandwich_loss(
     total = x0.new_zeros(())
     for config in configs:
         supernet.set_config(config)
-        predicted = supernet(noisy, timesteps).sample
-        total = total + F.mse_loss(predicted, noise) + distill * F.mse_loss(predicted, teacher)
+        total = total + distillation_loss(supernet(noisy, timesteps).sample, noise, teacher, distill)
     return total / len(configs)
+
+
+def distillation_loss(
+    predicted: torch.Tensor, noise: torch.Tensor, teacher: torch.Tensor, distill: float
+) -> torch.Tensor:
+    """The noise-prediction MSE plus ``distill`` x the MSE to the teacher's predicted noise (shared by the
+    supernet's sandwich steps and an extracted expert's fine-tuning)."""
+    return F.mse_loss(predicted, noise) + distill * F.mse_loss(predicted, teacher)
+
+
+#: one training step's loss from (x0, noise, timesteps, generator)
+StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def train_on_interval(
+    model: nn.Module,
+    dense: nn.Module,
+    images: torch.Tensor,
+    interval: tuple[int, int],
+    step_loss: StepLoss,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> list[float]:
+    """Adam on ``model``'s parameters for ``steps`` steps, each on a batch of ``images`` (in [-1, 1]) with
+    seeded noise at timesteps drawn uniformly from ``interval`` = [start, end) only; ``step_loss`` turns
+    the batch into the loss. ``dense`` (the teacher) stays in eval mode. Returns each step's loss."""
+    start, end = interval
+    if not 0 <= start < end:
+        raise AutomlPruneError(
+            f"an interval of timesteps is [start, end) with 0 <= start < end, got {interval}",
+            "pass the interval's boundaries, e.g. (0, 300)",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    was_training = dense.training
+    dense.eval()
+    model.train()
+    losses = []
+    try:
+        for _ in range(steps):
+            batch = torch.randint(len(images), (batch_size,), generator=generator)
+            x0 = images[batch]
+            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+            timesteps = torch.randint(start, end, (batch_size,), generator=generator).to(x0.device)
+            loss = step_loss(x0, noise, timesteps, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    finally:
+        dense.train(was_training)
+    return losses
 
 
 def train_supernet(
@@ -263,32 +317,17 @@ def train_supernet(
     smallest and one random configuration (the sandwich rule: the extremes bound every sub-network).
     ``dense`` is the frozen teacher (eval mode, no gradients). Returns each step's loss; the supernet is
     left at its largest configuration."""
-    start, end = interval
-    if not 0 <= start < end:
-        raise AutomlPruneError(
-            f"an interval of timesteps is [start, end) with 0 <= start < end, got {interval}",
-            "pass the interval's boundaries, e.g. (0, 300)",
-        )
     scheduler = noise_scheduler()
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(supernet.parameters(), lr=lr)
-    was_training = dense.training
-    dense.eval()
-    supernet.train()
-    losses = []
+
+    def step_loss(
+        x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        configs = (supernet.largest(), supernet.smallest(), supernet.random(generator))
+        return sandwich_loss(supernet, dense, x0, noise, timesteps, configs, scheduler, distill)
+
     try:
-        for _ in range(steps):
-            batch = torch.randint(len(images), (batch_size,), generator=generator)
-            x0 = images[batch]
-            noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-            timesteps = torch.randint(start, end, (batch_size,), generator=generator).to(x0.device)
-            configs = (supernet.largest(), supernet.smallest(), supernet.random(generator))
-            loss = sandwich_loss(supernet, dense, x0, noise, timesteps, configs, scheduler, distill)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+        return train_on_interval(
+            supernet, dense, images, interval, step_loss, steps=steps, lr=lr, batch_size=batch_size, seed=seed
+        )
     finally:
-        dense.train(was_training)
         supernet.set_config(supernet.largest())
-    return losses
