@@ -20,21 +20,17 @@ from automl_prune_diffusion_moe.supernet import ElasticUNet, ExpertConfig, disti
 
 from automl_prune.api import (
     AutomlPruneError,
-    DataInfo,
     ModelError,
     count_flops,
     noise_scheduler,
     sampler_timesteps,
 )
 from automl_prune.diffusion.sampling import sample
-from automl_prune.models.base import ModelRef
-from automl_prune.models.registry import build_model
 from automl_prune.pruning import CompositeModel, load_pruned, save_pruned
+from tests.diffusion_moe_common import EXAMPLE, INFO, UNET, dense_unet
 
 pytest.importorskip("diffusers")
 
-INFO = DataInfo("digits", "diffusion", 1, (16, 16))
-EXAMPLE = (torch.zeros(1, 1, 16, 16), torch.tensor([500]))
 BOUNDARIES = [0, 400, 1000]
 #: both intervals, either side of the inner boundary and at the ends
 TIMESTEPS = torch.tensor([0, 399, 400, 999, 200, 700])
@@ -45,8 +41,7 @@ WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 
 @pytest.fixture(scope="module")
 def dense() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelRef("ddpm-unet-tiny"), INFO).eval()
+    return dense_unet()
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +173,7 @@ def test_configurations_chosen_for_half_the_dense_flops_per_step_land_within_5_p
 
 def test_the_mixture_saves_and_loads_with_equal_outputs(experts, tmp_path) -> None:
     composite = mixture(experts, BOUNDARIES)
-    path = save_pruned(composite, tmp_path / "moe", model_ref=ModelRef("ddpm-unet-tiny"), info=INFO)
+    path = save_pruned(composite, tmp_path / "moe", model_ref=UNET, info=INFO)
     loaded = load_pruned(path)
     assert isinstance(loaded, CompositeModel) and loaded.router.boundaries == BOUNDARIES
     with torch.no_grad():

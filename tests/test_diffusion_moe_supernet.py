@@ -9,15 +9,12 @@ import pytest
 import torch
 from automl_prune_diffusion_moe.supernet import ElasticUNet, ExpertConfig, sandwich_loss, train_supernet
 
-from automl_prune.api import AutomlPruneError, DataInfo, count_flops, noise_scheduler
-from automl_prune.models.base import ModelRef
-from automl_prune.models.registry import build_model
+from automl_prune.api import AutomlPruneError, count_flops, noise_scheduler
 from automl_prune.pruning import SkippedBlock, load_pruned, read_spec, save_pruned
+from tests.diffusion_moe_common import EXAMPLE, INFO, UNET, dense_unet
 
 pytest.importorskip("diffusers")
 
-INFO = DataInfo("digits", "diffusion", 1, (16, 16))
-EXAMPLE = (torch.zeros(1, 1, 16, 16), torch.tensor([500]))
 BATCH = (torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 420, 999]))
 DEPTHS = (4, 1)
 #: masked == sliced and FLOPs are checked on these: whole, depth only, width only, both, the smallest.
@@ -26,8 +23,7 @@ CHECKED = [ExpertConfig(4, 1.0), ExpertConfig(1, 1.0), ExpertConfig(4, 0.75), Ex
 
 @pytest.fixture(scope="module")
 def dense() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelRef("ddpm-unet-tiny"), INFO).eval()
+    return dense_unet()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +120,7 @@ def test_sandwich_training_lowers_the_loss_and_leaves_the_teacher(dense) -> None
 def test_extracted_expert_saves_and_loads(supernet, tmp_path) -> None:
     config = ExpertConfig(1, 0.5)
     expert = supernet.extract(config).eval()
-    path = save_pruned(expert, tmp_path / "expert", model_ref=ModelRef("ddpm-unet-tiny"), info=INFO)
+    path = save_pruned(expert, tmp_path / "expert", model_ref=UNET, info=INFO)
     recorded = read_spec(path)["modules"]
     assert {n for n, m in recorded.items() if m["type"] == "SkippedBlock"} == set(supernet.skipped(1))
     loaded = load_pruned(path).eval()

@@ -8,6 +8,8 @@ Being built (issue 14); the strategy is registered once its stages exist end to 
 - ``intervals.py``: contiguous intervals by dynamic programming, their number from the objective's knee;
 - ``supernet.py``: an elastic expert, a weight-sharing supernet with nested widths and skippable blocks,
   trained by sandwich sampling with distillation from the dense UNet;
+- ``experts.py``: an expert sliced from the supernet (checked against it), fine-tuned on its interval, and
+  the mixture: a composite switching experts by timestep, with its average FLOPs per sampler step;
 - ``agent.py``: the routing agent (per-expert categorical choices, Gumbel-softmax, the average-FLOPs-per-
   step resource loss weighted by the sampler's steps per interval).
 """
