@@ -2,7 +2,7 @@
 diffusion UNet pruned into a few experts, one per interval of denoising timesteps, with a routing agent
 that decides how much compute each interval gets.
 
-Being built (issue 14); the strategy is registered once its stages exist end to end:
+The ``diffusion-moe`` strategy (``strategy.py``) joins the stages:
 
 - ``similarity.py``: S(t, t') between timesteps (denoising-loss gradient cosine, or activation CKA);
 - ``intervals.py``: contiguous intervals by dynamic programming, their number from the objective's knee;
@@ -11,5 +11,19 @@ Being built (issue 14); the strategy is registered once its stages exist end to 
 - ``experts.py``: an expert sliced from the supernet (checked against it), fine-tuned on its interval, and
   the mixture: a composite switching experts by timestep, with its average FLOPs per sampler step;
 - ``agent.py``: the routing agent (per-expert categorical choices, Gumbel-softmax, the average-FLOPs-per-
-  step resource loss weighted by the sampler's steps per interval).
+  step resource loss weighted by the sampler's steps per interval);
+- ``strategy.py``: prepare (similarity, intervals, supernets, cached) and a trial (agent, pick, extract,
+  fine-tune, mixture); ``figures.py`` draws the heat map and the per-expert FLOPs/budget-share bars.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from automl_prune.api import hookimpl
+from automl_prune_diffusion_moe.strategy import DiffusionMoEStrategy
+
+
+@hookimpl
+def register_strategies(register: Any) -> None:
+    register(DiffusionMoEStrategy)

@@ -55,3 +55,32 @@ def similarity_heatmap(
     ax.set_title(f"{heading}{len(bounds)} intervals: {ranges}", fontsize=8)
     fig.tight_layout()
     return atomic_write_bytes(path, png_bytes(fig, dpi=110))
+
+
+def budget_bars(
+    flops: Sequence[float],
+    spent: Sequence[float],
+    intervals: Sequence[tuple[int, int]],
+    budget: float,
+    path: Path,
+) -> Path:
+    """Per expert, its FLOPs per step beside the budget per step (left), and each interval's share of the
+    sampling run's FLOPs (n_j x FLOPs_j over the total, right): where the agent spent the compute."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{a}-{b - 1}" for a, b in intervals]
+    total = sum(spent)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3.2))
+    left.bar(labels, [f / 1e6 for f in flops], color="tab:blue")
+    left.axhline(budget / 1e6, color="black", ls="--", lw=1, label="budget per step")
+    left.set_ylabel("MFLOPs per step")
+    left.set_xlabel("interval (timesteps)")
+    left.legend(fontsize=7)
+    right.bar(labels, [s / total for s in spent] if total else [0.0] * len(spent), color="tab:orange")
+    right.set_ylabel("share of the sampling FLOPs")
+    right.set_xlabel("interval (timesteps)")
+    fig.tight_layout()
+    return atomic_write_bytes(path, png_bytes(fig, dpi=110))
