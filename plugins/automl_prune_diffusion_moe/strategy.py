@@ -46,6 +46,8 @@ from automl_prune_diffusion_moe.supernet import ElasticUNet, distillation_loss, 
 WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 #: a final mixture may cost this much less than the budget before the agent's choice gives way to cost
 BUDGET_SLACK = 0.05
+#: the knee's largest interval count, as the space's choices: the final pick enumerates options^experts
+MAX_INTERVALS = 4
 SIMILARITY_IMAGES = 32
 AGENT_BATCH = 16
 SEED = 0
@@ -152,7 +154,7 @@ class DiffusionMoEStrategy(Strategy):
         images = _train_images(context, SIMILARITY_IMAGES)
         measure = gradient_similarity if settings["similarity"] == "gradient" else activation_cka
         S = measure(model, images, grid, scheduler=scheduler, seed=SEED, progress=context.progress)
-        n = int(settings["intervals"]) or knee_count(S)
+        n = int(settings["intervals"]) or knee_count(S, MAX_INTERVALS)
         bounds = best_intervals(S, n)
         boundaries = _boundaries(grid, bounds, end)
         example = context.example_input(1)
