@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from rich.console import Console
 from automl_prune.errors import AutomlPruneError
 from automl_prune.search.config import SearchConfig
 from automl_prune.search.orchestrator import run_search
-from automl_prune.search.rundir import LOCK_FILE, RunDirBusyError
+from automl_prune.search.rundir import LOCK_FILE, RunDirBusyError, lock_run_dir
 from tests.toy import cli, make_distribution, subprocess_env
 
 pytestmark = pytest.mark.timeout(600)
@@ -329,3 +331,23 @@ def test_ray_kill_9_then_resume(tmp_path: Path) -> None:
     kept = {json.loads(line)["number"]: line for line in before}
     assert [line for line in after if json.loads(line)["number"] in kept] == list(kept.values())
     check_complete(out, 5)
+
+
+def test_a_search_refused_while_the_holder_writes_its_name_still_names_it(tmp_path: Path) -> None:
+    """The holder writes its name just after taking the lock; a search that loses the race in between
+    waits for the name instead of reporting an unnamed holder (a race CI hit)."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    name = {"pid": 4242, "host": socket.gethostname(), "started": "now", "command": "search"}
+    writer = threading.Timer(0.2, lambda: os.write(fd, (json.dumps(name) + "\n").encode()))
+    writer.start()
+    try:
+        with pytest.raises(RunDirBusyError, match="pid 4242"):
+            lock_run_dir(run_dir)
+    finally:
+        writer.join()
+        os.close(fd)

@@ -137,6 +137,17 @@ def _try_flock(fd: int) -> bool | None:
     return True
 
 
+def _await_name(fd: int, wait_s: float = 1.0) -> Holder | None:
+    """The holder's name, which it writes just after taking the lock: a search started at the same moment
+    reads it again for up to ``wait_s`` so that its error names the process it lost to."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (holder := Holder.parse(_read(fd))) is not None:
+            return holder
+    return None
+
+
 def _busy(run_dir: Path, holder: Holder | None, what: str, flock: bool) -> RunDirBusyError:
     who = holder.describe() if holder else "another process (it has not written its name yet)"
     fix = "wait for it to finish (then --resume continues the search), or choose another --out"
@@ -168,7 +179,7 @@ def lock_run_dir(run_dir: str | Path, command: str = "search") -> RunDirLock:
             locked = _try_flock(fd)
             previous = Holder.parse(_read(fd))
             if locked is False:
-                raise _busy(run_dir, previous, command, flock=True)
+                raise _busy(run_dir, previous or _await_name(fd), command, flock=True)
             if locked is None and previous is not None and previous.alive():
                 raise _busy(run_dir, previous, command, flock=False)
             try:  # the file may have been removed by its last holder after we opened it: start over
