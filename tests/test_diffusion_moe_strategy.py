@@ -1,5 +1,6 @@
 """The diffusion-moe strategy end to end on a tiny setting: prepare, one trial, the mixture it returns
-(average FLOPs per step at the target), its figures and spec; the budget floor and the final pick; the space."""
+(average FLOPs per step at the target), its figures and spec; the budget floor and the final pick; the
+space."""
 
 from __future__ import annotations
 
