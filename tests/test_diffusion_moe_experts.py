@@ -26,7 +26,7 @@ from automl_prune.api import (
     sampler_timesteps,
 )
 from automl_prune.diffusion.sampling import sample
-from automl_prune.pruning import CompositeModel, load_pruned, save_pruned
+from automl_prune.pruning import CompositeModel, SliceMismatchError, load_pruned, save_pruned
 from tests.diffusion_moe_common import EXAMPLE, INFO, UNET, dense_unet
 
 pytest.importorskip("diffusers")
@@ -75,7 +75,7 @@ def test_an_expert_that_differs_from_the_masked_supernet_is_refused(supernet, mo
         return model
 
     monkeypatch.setattr(supernet, "extract", perturbed)
-    with pytest.raises(ModelError, match="differs from the masked supernet"):
+    with pytest.raises(SliceMismatchError, match="differs from the masked model"):
         extract_expert(supernet, CONFIGS[1], check_input=BATCH)
 
 

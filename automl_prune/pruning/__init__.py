@@ -23,6 +23,7 @@ from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, 
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
     SliceMismatchError,
+    check_same_outputs,
     choose,
     exact_flops_of,
     masked_outputs,
@@ -70,6 +71,7 @@ __all__ = [
     "aligned_units",
     "analyze",
     "annealed_temperature",
+    "check_same_outputs",
     "choose",
     "deterministic_gates",
     "exact_flops_of",

@@ -145,17 +145,30 @@ def slice_checked(
 ) -> nn.Module:
     """``slice_model`` of ``model``, raising :class:`SliceMismatchError` unless it matches the masked
     model on ``batch`` (both in eval mode)."""
-    sliced = slice_model(model, example, keep, analysis).eval()
-    with ieee_fp32(), torch.no_grad():
-        masked = masked_outputs(model, analysis, keep, batch)
+    sliced = slice_model(model, example, keep, analysis)
+    device = next(iter(positional(batch))).device
+    with ChannelGates(model, analysis) as gates:
+        gates.set({k: v.float().to(device) for k, v in keep.items()})
+        check_same_outputs(model, sliced, batch, atol=atol, rtol=rtol)
+    return sliced.eval()
+
+
+def check_same_outputs(
+    masked: nn.Module, sliced: nn.Module, batch: Inputs, *, atol: float = 1e-4, rtol: float = 1e-4
+) -> None:
+    """Raise :class:`SliceMismatchError` unless ``sliced`` computes on ``batch`` what ``masked`` (the
+    unsliced model with its gates or skips set) computes: both in eval mode, without gradients, in IEEE
+    float32 (:func:`ieee_fp32`). Every extraction checks its slice this way, so the FLOPs a search paid
+    for are the FLOPs of a model that computes what was scored; both models' modes are restored."""
+    with evaluating(masked), evaluating(sliced), ieee_fp32(), torch.no_grad():
+        expected = main_output(call(masked, batch))
         out = main_output(call(sliced, batch))
-    if out.shape != masked.shape or not torch.allclose(out, masked, atol=atol, rtol=rtol):
-        diff = (out - masked).abs().max().item() if out.shape == masked.shape else float("nan")
+    if out.shape != expected.shape or not torch.allclose(out, expected, atol=atol, rtol=rtol):
+        diff = (out - expected).abs().max().item() if out.shape == expected.shape else float("nan")
         raise SliceMismatchError(
             f"the sliced model differs from the masked model (max |diff| = {diff:.3g}); "
-            "a gate is not placed where slicing removes the channel"
+            "a gate is not placed where slicing removes the channel: report it with the model's name"
         )
-    return sliced
 
 
 @contextmanager

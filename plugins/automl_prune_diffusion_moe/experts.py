@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from automl_prune.api import Inputs, ModelError, count_flops, noise_scheduler
-from automl_prune.pruning import CompositeModel, TimestepRouter
+from automl_prune.pruning import CompositeModel, TimestepRouter, check_same_outputs
 from automl_prune_diffusion_moe.agent import steps_per_interval
 from automl_prune_diffusion_moe.supernet import (
     ElasticUNet,
@@ -25,12 +25,6 @@ from automl_prune_diffusion_moe.supernet import (
     distillation_loss,
     train_on_interval,
 )
-
-
-def _noise_prediction(model: nn.Module, inputs: Inputs) -> torch.Tensor:
-    """The predicted noise of one UNet call on ``inputs`` (a tuple or dict of the UNet's arguments)."""
-    output = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
-    return output.sample
 
 
 def extract_expert(
@@ -41,27 +35,18 @@ def extract_expert(
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> nn.Module:
-    """``config``'s expert as a sliced UNet (eval mode), refused unless it predicts what the masked
-    supernet predicts on ``check_input`` (a batch of UNet arguments, e.g. ``(x, timesteps)``) within
-    ``rtol``/``atol``: a slicing that drops a channel the masks keep would otherwise cost the mixture
-    quality silently. The supernet is left at the configuration and mode it had."""
-    previous, was_training = supernet.config, supernet.training
+    """``config``'s expert as a sliced UNet (eval mode), refused with the toolbox's
+    ``SliceMismatchError`` unless it predicts what the masked supernet predicts on ``check_input`` (a
+    batch of UNet arguments, e.g. ``(x, timesteps)``) within ``rtol``/``atol``: a slicing that drops a
+    channel the masks keep would otherwise cost the mixture quality silently. The supernet is left at the
+    configuration and mode it had."""
+    previous = supernet.config
     expert = supernet.extract(config).eval()
     try:
         supernet.set_config(config)
-        with torch.no_grad():
-            masked = _noise_prediction(supernet.eval(), check_input)
-            sliced = _noise_prediction(expert, check_input)
+        check_same_outputs(supernet, expert, check_input, atol=atol, rtol=rtol)
     finally:
         supernet.set_config(previous)
-        supernet.train(was_training)
-    if masked.shape != sliced.shape or not torch.allclose(sliced, masked, rtol=rtol, atol=atol):
-        gap = float((sliced - masked).abs().max()) if masked.shape == sliced.shape else float("inf")
-        raise ModelError(
-            f"the sliced expert of {config} differs from the masked supernet (largest gap {gap:.3g})",
-            "the UNet holds a layer the channel analysis does not slice consistently; report it with the "
-            "model's name, or choose a configuration of full width (width=1.0), which slices nothing",
-        )
     return expert
 
 
