@@ -10,7 +10,7 @@ import pytest
 import torch
 from automl_prune_diffusion_moe.agent import RoutingAgent
 from automl_prune_diffusion_moe.experts import average_flops_per_step
-from automl_prune_diffusion_moe.strategy import DiffusionMoEStrategy, pick_mixture
+from automl_prune_diffusion_moe.strategy import DiffusionMoEStrategy, equal_allocation, pick_mixture
 
 from automl_prune.api import BudgetError, count_flops, sampler_timesteps
 from automl_prune.data.registry import load_dataset
@@ -28,10 +28,12 @@ PARAMS = {
     "similarity": "gradient",
     "grid_points": 6,
     "intervals": 2,
+    "split": "dp",
     "supernet_steps": 2,
     "agent_lr": 0.05,
     "lam": 2.0,
     "agent_steps": 30,
+    "allocation": "agent",
     "finetune_steps": 2,
     "lr": 1e-4,
     "finetune_epochs": 0,
@@ -93,6 +95,25 @@ def test_unreachable_budget_fails_before_training(context: Context) -> None:
         pick_mixture(agent, [1, 1], 0.5)
     # the cheapest feasible mixture closest to the budget: (2 + 1) / 2 = 1.5 <= 1.5
     assert pick_mixture(agent, [1, 1], 1.5) in ([1, 2], [2, 1])
+
+
+def test_equal_allocation_gives_every_expert_the_largest_option_under_the_budget() -> None:
+    agent = RoutingAgent([[4.0, 2.0, 1.0], [4.0, 2.0, 1.0]])
+    assert equal_allocation(agent, [3, 1], 2.5) == [1, 1]
+    assert equal_allocation(agent, [3, 1], 4.0) == [0, 0]
+    with pytest.raises(BudgetError):
+        equal_allocation(agent, [3, 1], 0.5)
+
+
+def test_ablations_uniform_split_and_equal_allocation(context: Context) -> None:
+    strategy = DiffusionMoEStrategy()
+    params = {**PARAMS, "split": "uniform", "allocation": "equal", "grid_points": 4, "finetune_steps": 1}
+    artifacts = strategy.prepare(context, {name: params[name] for name in strategy.prepare_params})
+    assert artifacts["bounds"] == [(0, 2), (2, 4)]
+    candidate = strategy.run(context, params, artifacts)
+    configs = candidate.spec["configs"]
+    assert configs[0] == configs[1] and candidate.spec["allocation"] == "equal"
+    assert max(candidate.spec["flops_per_expert"]) <= context.target_flops(params)
 
 
 def test_space_declares_what_the_strategy_reads() -> None:

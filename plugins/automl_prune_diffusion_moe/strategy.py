@@ -20,6 +20,10 @@ Choices the spec leaves open, made here:
   the exact search over the small table of mixtures takes, among those not above the budget and within
   ``BUDGET_SLACK`` of it, the one the agent finds most likely (sum of log-probabilities); when none is that
   close, the feasible mixture of the most FLOPs.
+- **Ablations** (the space's ``split`` and ``allocation``, for the benchmark and for users who want the
+  simpler variant): ``split: uniform`` cuts the grid into as many equal intervals as the similarity would
+  have chosen; ``allocation: equal`` skips the agent and gives every expert the same option, the one of
+  the most FLOPs per step not above the budget.
 - **Sampler**: ``sampler``/``steps`` count n_j; the core measures the composite's FLOPs per step with the
   diffusion task's own sampler (DDIM, 50 steps), so the space fixes those values by default.
 """
@@ -38,12 +42,14 @@ from automl_prune.pruning import annealed_temperature
 from automl_prune_diffusion_moe.agent import RoutingAgent, steps_per_interval
 from automl_prune_diffusion_moe.experts import extract_expert, finetune_expert, mixture
 from automl_prune_diffusion_moe.figures import budget_bars, similarity_heatmap
-from automl_prune_diffusion_moe.intervals import best_intervals, knee_count
+from automl_prune_diffusion_moe.intervals import best_intervals, knee_count, uniform_intervals
 from automl_prune_diffusion_moe.similarity import activation_cka, gradient_similarity, timestep_grid
-from automl_prune_diffusion_moe.supernet import ElasticUNet, distillation_loss, train_supernet
+from automl_prune_diffusion_moe.supernet import ElasticUNet, ExpertConfig, distillation_loss, train_supernet
 
-#: the experts' width options: eighths, so the mixtures' costs lie close enough to meet a budget
-WIDTHS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+#: the experts' width options: 24ths from 1 to 1/4, which round differently on groups of 4, 6, 8 and 12
+#: units, so one shared width still reaches costs between the coarse steps eighths give (ddpm-unet-tiny:
+#: 0.47 of the FLOPs between 0.57 and 0.33); options of equal cost are merged (:func:`distinct_options`)
+WIDTHS = tuple(k / 24 for k in range(24, 5, -1))
 #: a final mixture may cost this much less than the budget before the agent's choice gives way to cost
 BUDGET_SLACK = 0.05
 #: the knee's largest interval count, as the space's choices: the final pick enumerates options^experts
@@ -71,10 +77,27 @@ def _supernet(dense: nn.Module, example: Inputs, state: dict[str, torch.Tensor] 
     return supernet
 
 
+def distinct_options(supernet: ElasticUNet) -> tuple[list[ExpertConfig], list[float]]:
+    """The supernet's configurations of distinct FLOPs per step, largest first, with their FLOPs: of
+    widths that round to the same channels the largest stands for all (same sub-network, same cost)."""
+    options, costs = [], []
+    for config in supernet.configs():
+        cost = supernet.flops(config)
+        if cost not in costs:
+            options.append(config)
+            costs.append(cost)
+    return options, costs
+
+
 def option_losses(
-    supernet: ElasticUNet, dense: nn.Module, images: torch.Tensor, interval: tuple[int, int], seed: int
+    supernet: ElasticUNet,
+    options: list[ExpertConfig],
+    dense: nn.Module,
+    images: torch.Tensor,
+    interval: tuple[int, int],
+    seed: int,
 ) -> torch.Tensor:
-    """D_jc: the distillation loss of every configuration of ``supernet`` on one seeded batch at
+    """D_jc: the distillation loss of ``supernet`` at each of ``options`` on one seeded batch at
     timesteps of ``interval`` (the agent's distillation term, see the module doc)."""
     generator = torch.Generator().manual_seed(seed)
     scheduler = noise_scheduler()
@@ -86,7 +109,7 @@ def option_losses(
     with torch.no_grad():
         teacher = dense(noisy, t).sample
         supernet.eval()
-        for config in supernet.configs():
+        for config in options:
             supernet.set_config(config)
             losses.append(float(distillation_loss(supernet(noisy, t).sample, noise, teacher, 1.0)))
     supernet.set_config(supernet.largest())
@@ -135,16 +158,29 @@ def pick_mixture(agent: RoutingAgent, steps: list[int], budget: float) -> list[i
     return choices[int(score.argmax())].tolist()
 
 
+def equal_allocation(agent: RoutingAgent, steps: list[int], budget: float) -> list[int]:
+    """Each expert's option of the most FLOPs per step not above ``budget``: every interval gets the same
+    share of compute per step (the ablation of the agent; the supernets share the dense architecture, so
+    their option costs are equal and so is the choice)."""
+    agent.check_budget(steps, budget)
+    cost = torch.where(agent.flops <= budget, agent.flops, torch.full_like(agent.flops, -1.0))
+    return cost.argmax(-1).tolist()
+
+
 class DiffusionMoEStrategy(Strategy):
     name = "diffusion-moe"
     tasks = ("diffusion",)
     space = builtin_space_path("diffusion_moe")
     description = "timestep-interval experts from elastic supernets, compute allocated by a routing agent"
-    prepare_params = ("similarity", "grid_points", "intervals", "supernet_steps")
+    prepare_params = ("similarity", "grid_points", "intervals", "split", "supernet_steps")
 
     def min_flops(self, architecture: nn.Module, example: Inputs) -> float:
         supernet = _supernet(architecture, example)
         return supernet.flops(supernet.smallest())
+
+    def prepare_key(self, context: Context) -> dict[str, Any]:
+        """The width options: the supernets' sandwich steps sample them, so other widths retrain."""
+        return {"widths": WIDTHS}
 
     def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
         model = context.model.eval()
@@ -155,7 +191,7 @@ class DiffusionMoEStrategy(Strategy):
         measure = gradient_similarity if settings["similarity"] == "gradient" else activation_cka
         S = measure(model, images, grid, scheduler=scheduler, seed=SEED, progress=context.progress)
         n = int(settings["intervals"]) or knee_count(S, MAX_INTERVALS)
-        bounds = best_intervals(S, n)
+        bounds = best_intervals(S, n) if settings["split"] == "dp" else uniform_intervals(len(grid), n)
         boundaries = _boundaries(grid, bounds, end)
         example = context.example_input(1)
         states = []
@@ -185,27 +221,31 @@ class DiffusionMoEStrategy(Strategy):
         boundaries = artifacts["boundaries"]
         intervals = list(pairwise(boundaries))
         supernets = [_supernet(dense, example, state) for state in artifacts["supernets"]]
-        options = supernets[0].configs()
-        agent = RoutingAgent([[s.flops(c) for c in options] for s in supernets])
+        # the supernets differ in weights and channel order, not in channel counts: one FLOPs row serves all
+        options, costs = distinct_options(supernets[0])
+        agent = RoutingAgent([costs] * len(supernets))
         steps = steps_per_interval(sampler_steps(params["sampler"], int(params["steps"])), boundaries)
         budget = context.target_flops(params)
-        losses = torch.stack(
-            [
-                option_losses(s, dense, images, iv, SEED + j)
-                for j, (s, iv) in enumerate(zip(supernets, intervals, strict=True))
-            ]
-        )
-        train_agent(
-            agent,
-            losses,
-            steps,
-            budget,
-            iterations=int(params["agent_steps"]),
-            lr=float(params["agent_lr"]),
-            lam=float(params["lam"]),
-            seed=context.seed,
-        )
-        picked = pick_mixture(agent, steps, budget)
+        if params["allocation"] == "equal":
+            picked = equal_allocation(agent, steps, budget)
+        else:
+            losses = torch.stack(
+                [
+                    option_losses(s, options, dense, images, iv, SEED + j)
+                    for j, (s, iv) in enumerate(zip(supernets, intervals, strict=True))
+                ]
+            )
+            train_agent(
+                agent,
+                losses,
+                steps,
+                budget,
+                iterations=int(params["agent_steps"]),
+                lr=float(params["agent_lr"]),
+                lam=float(params["lam"]),
+                seed=context.seed,
+            )
+            picked = pick_mixture(agent, steps, budget)
         configs = [options[c] for c in picked]
         experts = []
         for j, (supernet, config, interval) in enumerate(zip(supernets, configs, intervals, strict=True)):
@@ -240,6 +280,8 @@ class DiffusionMoEStrategy(Strategy):
             "steps_per_interval": steps,
             "budget_shares": [s / sum(spent) for s in spent],
             "budget_flops_per_step": budget,
+            "split": params["split"],
+            "allocation": params["allocation"],
         }
         composite = mixture(experts, boundaries)
         return context.finish(
