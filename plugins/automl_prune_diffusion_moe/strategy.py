@@ -195,7 +195,7 @@ class DiffusionMoEStrategy(Strategy):
         boundaries = _boundaries(grid, bounds, end)
         example = context.example_input(1)
         states = []
-        for j in range(n):
+        for j in context.progress.bar(range(n), f"supernets ({settings['supernet_steps']} steps each)"):
             supernet = _supernet(model, example)
             train_supernet(
                 supernet,
@@ -224,7 +224,15 @@ class DiffusionMoEStrategy(Strategy):
         # the supernets differ in weights and channel order, not in channel counts: one FLOPs row serves all
         options, costs = distinct_options(supernets[0])
         agent = RoutingAgent([costs] * len(supernets))
-        steps = steps_per_interval(sampler_steps(params["sampler"], int(params["steps"])), boundaries)
+        sampler = (params["sampler"], int(params["steps"]))
+        measured = (getattr(context.task, "sampler", "ddim"), getattr(context.task, "sample_steps", 50))
+        if sampler != measured:
+            context.progress.log(
+                f"diffusion-moe: the budget is spent for {sampler[0]} with {sampler[1]} steps, but the "
+                f"search measures FLOPs per step with {measured[0]} with {measured[1]} steps: the front's "
+                "FLOPs per step may miss the target (keep the space's sampler/steps at the task's)"
+            )
+        steps = steps_per_interval(sampler_steps(*sampler), boundaries)
         budget = context.target_flops(params)
         if params["allocation"] == "equal":
             picked = equal_allocation(agent, steps, budget)
