@@ -86,31 +86,35 @@ def random_crop_and_flip(size: tuple[int, int], interpolation: str) -> Callable[
 
 
 class AugmentedTensors(TensorDataset):
-    """Images and labels in memory whose images get ``transform`` anew at every read (training)."""
+    """Images and per-sample tensors (labels, ...) in memory whose images get ``transform`` anew at every
+    read (training)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
-        super().__init__(images, labels)
+    def __init__(self, images: torch.Tensor, *others: torch.Tensor, transform: Callable) -> None:
+        super().__init__(images, *others)
         self.transform = transform
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = super().__getitem__(index)
-        return self.transform(image), label
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        image, *others = super().__getitem__(index)
+        return self.transform(image), *others
 
 
 def tensor_splits(
     name: str,
-    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    parts: Sequence[tuple[torch.Tensor, ...]],
     *,
     num_classes: int,
     size: int | None,
     preprocess: ImageOptions,
     extra: dict | None = None,
+    task: str = "classification",
 ) -> DataSplits:
-    """Train/val/test ``(images in [0, 1], labels)`` -> resized, cropped, normalised in-memory splits
-    (``norm=train``: with the train split's per-channel statistics)."""
+    """Train/val/test ``(images in [0, 1], labels, ...)`` -> resized, cropped, normalised in-memory splits
+    (``norm=train``: with the train split's per-channel statistics). The tensors after the images (labels;
+    caption ids for ``text-to-image``) are per-sample integers, kept as long and in that order."""
     target = (size, size) if size else tuple(parts[0][0].shape[-2:])
     images = [
-        resize_and_crop(x.float(), target, preprocess.crop_pct, preprocess.interpolation) for x, _ in parts
+        resize_and_crop(part[0].float(), target, preprocess.crop_pct, preprocess.interpolation)
+        for part in parts
     ]
     train_stats = (
         images[0].mean(dim=(0, 2, 3)).tolist(),
@@ -118,20 +122,22 @@ def tensor_splits(
     )
     prep = preprocess.resolve(images[0].shape[1], train_stats)
     mean, std = (torch.tensor(values).view(1, -1, 1, 1) for values in (prep.mean, prep.std))
-    (train, train_labels), *held_out = [
-        ((x - mean) / std, y.long()) for x, (_, y) in zip(images, parts, strict=True)
+    (train, *train_others), *held_out = [
+        ((x - mean) / std, *(t.long() for t in part[1:])) for x, part in zip(images, parts, strict=True)
     ]
     augment = random_crop_and_flip(target, prep.interpolation) if prep.augment else None
     info = DataInfo(
         name=name,
-        task="classification",
+        task=task,
         in_channels=images[0].shape[1],
         image_size=target,
         num_classes=num_classes,
         extra={**(extra or {}), **prep.extra(target)},
     )
     return DataSplits(
-        AugmentedTensors(train, train_labels, augment) if augment else TensorDataset(train, train_labels),
+        AugmentedTensors(train, *train_others, transform=augment)
+        if augment
+        else TensorDataset(train, *train_others),
         *(TensorDataset(*split) for split in held_out),
         info,
     )

@@ -10,6 +10,15 @@ from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
 
 
+def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1797 digits as (N, 1, 8, 8) floats in [0, 1] and their long labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float().div(16.0).unsqueeze(1)  # pixel values are 0..16
+    return images, torch.from_numpy(bunch.target).long()
+
+
 @takes_image_options(norm="train", augment=False)
 def digits(arg: str | None = None, *, size: int = 16, seed: int = 0, preprocess: ImageOptions) -> DataSplits:
     """Digits upsampled (bilinear) to ``size`` x ``size``, 1 channel; stratified 60/20/20 split by ``seed``.
@@ -20,11 +29,7 @@ def digits(arg: str | None = None, *, size: int = 16, seed: int = 0, preprocess:
     """
     if arg:
         raise DataError(f"the digits dataset takes no argument, got {arg!r}", "use --data digits")
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.images).float().div(16.0).unsqueeze(1)  # pixel values are 0..16
-    labels = torch.from_numpy(bunch.target).long()
+    images, labels = digit_images()
     parts = seeded_split(len(labels), (0.2, 0.2), seed=seed, labels=labels.numpy())
     return tensor_splits(
         "digits",
