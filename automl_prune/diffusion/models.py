@@ -38,16 +38,22 @@ TINY = {
 SMALL = {**TINY, "block_out_channels": (48, 96, 96), "norm_num_groups": 12}
 
 
+def square_size(info: DataInfo) -> int:
+    """The side of ``info``'s images, refused unless they are square (the zoo's UNets take N x N)."""
+    height, width = info.image_size
+    if height != width:
+        raise ModelError(
+            f"the zoo's diffusion UNets take square images, the data gives {height}x{width}",
+            "pass --data-arg size=N to resize to N x N",
+        )
+    return height
+
+
 def ddpm_unet(info: DataInfo, preset: dict[str, Any], **overrides: Any) -> nn.Module:
     """An untrained ``UNet2DModel`` for ``info``'s image size and channels (square images)."""
     from diffusers import UNet2DModel
 
-    height, width = info.image_size
-    if height != width:
-        raise ModelError(
-            f"a DDPM UNet here takes square images, the data gives {height}x{width}",
-            "pass --data-arg size=N to resize to N x N",
-        )
+    height = square_size(info)
     config = {**preset, **overrides}
     return UNet2DModel(
         sample_size=height, in_channels=info.in_channels, out_channels=info.in_channels, **config

@@ -53,21 +53,28 @@ def unit_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
     return ((images * std + mean) * 2 - 1).clamp(-1, 1)
 
 
-def _pooled(
-    classifier: nn.Module, mean: torch.Tensor, std: torch.Tensor, images: torch.Tensor
-) -> torch.Tensor:
+def dataset_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+    """The inverse of :func:`unit_range`: [-1, 1] images standardised as the dataset's tensors are (what
+    a classifier trained on the dataset takes)."""
+    shape = (1, -1, 1, 1)
+    mean = torch.as_tensor(extra.get("mean", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    std = torch.as_tensor(extra.get("std", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    return ((images + 1) / 2 - mean) / std
+
+
+def _pooled(classifier: nn.Module, extra: dict[str, Any], images: torch.Tensor) -> torch.Tensor:
     """Pooled classifier features of [-1, 1] images, normalised as the classifier was trained."""
-    x = ((images + 1) / 2 - mean) / std
-    return classifier.avgpool(classifier.features(x)).flatten(1)
+    return classifier.avgpool(classifier.features(dataset_range(images, extra))).flatten(1)
 
 
-def classifier_encoder(data: DataSplits, device: torch.device, progress: Progress) -> FeatureEncoder:
-    """The cached plain CNN classifier of ``data`` (trained now if missing) as a feature encoder."""
+def reference_classifier(data: DataSplits, device: torch.device, progress: Progress) -> nn.Module:
+    """The cached plain CNN classifier of ``data``'s labels (trained now if missing), in eval mode: the
+    fixed encoder of the Frechet distance, and the judge of what a generated image shows."""
     from automl_prune.models.pretrained import get_base_model
     from automl_prune.tasks.classification import ClassificationTask
 
     task = ClassificationTask()
-    classifier = get_base_model(
+    return get_base_model(
         ModelRef(ENCODER_MODEL),
         data,
         task,
@@ -78,12 +85,14 @@ def classifier_encoder(data: DataSplits, device: torch.device, progress: Progres
         seed=0,
         device=device,
         progress=progress,
-    )
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(data.info.extra.get("mean", [0.5]), device=device).view(shape)
-    std = torch.as_tensor(data.info.extra.get("std", [0.5]), device=device).view(shape)
+    ).eval()
+
+
+def classifier_encoder(data: DataSplits, device: torch.device, progress: Progress) -> FeatureEncoder:
+    """:func:`reference_classifier`'s pooled features as a feature encoder."""
+    classifier = reference_classifier(data, device, progress)
     name = f"{ENCODER_MODEL} classifier trained on {data.info.name} (pooled features, 64-d)"
-    return FunctionEncoder(name, partial(_pooled, classifier.eval(), mean, std))
+    return FunctionEncoder(name, partial(_pooled, classifier, data.info.extra))
 
 
 def encoder_for(data: DataSplits, device: torch.device, progress: Progress) -> FeatureEncoder | None:

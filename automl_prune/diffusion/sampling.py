@@ -8,6 +8,7 @@ clipped to [-1, 1]. Sampling runs diffusers' ``DDPMScheduler`` or ``DDIMSchedule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -64,12 +65,33 @@ def sample(
     The same ``seed`` gives the same initial noise (and DDPM's per-step noise), so a base model and a
     pruned one sampled with one seed can be compared image by image.
     """
+    with evaluating(model):
+        return denoise(
+            lambda x, t: model(x, t).sample,
+            shape,
+            sampler_name=sampler_name,
+            steps=steps,
+            seed=seed,
+            device=device,
+        )
+
+
+@torch.no_grad()
+def denoise(
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    *,
+    sampler_name: str,
+    steps: int,
+    seed: int,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """The sampling loop of :func:`sample` around any noise prediction ``predict(x, timesteps)`` (e.g.
+    one with classifier-free guidance)."""
     scheduler = sampler(sampler_name, steps)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=generator).to(device)
-    with evaluating(model):
-        for t in scheduler.timesteps:
-            timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-            eps = model(x, timestep).sample
-            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    for t in scheduler.timesteps:
+        timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        x = scheduler.step(predict(x, timestep), t, x, generator=generator).prev_sample
     return x.clamp(-1, 1)

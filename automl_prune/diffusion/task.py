@@ -75,12 +75,24 @@ class DiffusionTask(SingleCallTask):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return unit_range(x.to(device).float(), data.info.extra)
 
+    def condition(
+        self, batch: Any, data: DataSplits, device: torch.device, *, training: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """The model's inputs after ``(sample, timestep)`` for ``batch``: none here (unconditional); a
+        conditional task returns e.g. the captions' token states (``training``: with its dropout)."""
+        return ()
+
     def denoising_loss(
-        self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        condition: tuple[torch.Tensor, ...] = (),
     ) -> torch.Tensor:
         """Per-image MSE of the predicted noise at timesteps ``t``."""
         noisy = noise_scheduler().add_noise(x0, noise, t)
-        return (model(noisy, t).sample - noise).square().flatten(1).mean(1)
+        return (model(noisy, t, *condition).sample - noise).square().flatten(1).mean(1)
 
     def train(
         self,
@@ -106,14 +118,15 @@ class DiffusionTask(SingleCallTask):
         for _ in progress.bar(range(epochs), "epochs", total=epochs):
             for batch in loader:
                 x0 = self.images(batch, data, device)
+                condition = self.condition(batch, data, device, training=True)
                 t = torch.randint(0, TRAIN_TIMESTEPS, (len(x0),), generator=generator).to(device)
                 noise = torch.randn(x0.shape, generator=generator).to(device)
                 noisy = scheduler.add_noise(x0, noise, t)
-                eps = model(noisy, t).sample
+                eps = model(noisy, t, *condition).sample
                 loss = F.mse_loss(eps, noise)
                 if teacher is not None:
                     with eval_mode(teacher):
-                        target = teacher(noisy, t).sample
+                        target = teacher(noisy, t, *condition).sample
                     loss = loss + self.distill_weight * F.mse_loss(eps, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -133,8 +146,11 @@ class DiffusionTask(SingleCallTask):
             for batch in DataLoader(dataset, batch_size=batch_size):
                 x0 = self.images(batch, data, device)
                 part = slice(start, start + len(x0))
+                condition = self.condition(batch, data, device)
                 errors.append(
-                    self.denoising_loss(model, x0, t[part].to(device), noise[part].to(device)).cpu()
+                    self.denoising_loss(
+                        model, x0, t[part].to(device), noise[part].to(device), condition
+                    ).cpu()
                 )
                 start += len(x0)
         error = torch.cat(errors)
@@ -154,19 +170,26 @@ class DiffusionTask(SingleCallTask):
         """Diff-Pruning's loss: the denoising loss of ``batch`` over :meth:`taylor_timesteps`, each image at
         one of them in turn, so one UNet pass (and one graph in memory) estimates their mean."""
         x0 = self.images(batch, data, device)
+        condition = self.condition(batch, data, device)
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).to(device)
-        kept = torch.tensor(self.taylor_timesteps(model, x0, noise) or [0], device=device)
+        kept = torch.tensor(self.taylor_timesteps(model, x0, noise, condition) or [0], device=device)
         steps = kept[torch.arange(len(x0), device=device) % len(kept)]
-        return self.denoising_loss(model, x0, steps, noise).mean()
+        return self.denoising_loss(model, x0, steps, noise, condition).mean()
 
-    def taylor_timesteps(self, model: nn.Module, x0: torch.Tensor, noise: torch.Tensor) -> list[int]:
+    def taylor_timesteps(
+        self,
+        model: nn.Module,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        condition: tuple[torch.Tensor, ...] = (),
+    ) -> list[int]:
         """Diff-Pruning's timesteps for ``x0``: from t = 0 up to (excluding) the first whose loss is below
         ``taylor_threshold`` times the largest loss so far."""
         kept, largest = [], 0.0
         with torch.no_grad():
             for t in range(0, TRAIN_TIMESTEPS, self.taylor_stride):
                 steps = torch.full((len(x0),), t, device=x0.device, dtype=torch.long)
-                value = float(self.denoising_loss(model, x0, steps, noise).mean())
+                value = float(self.denoising_loss(model, x0, steps, noise, condition).mean())
                 largest = max(largest, value)
                 if value < self.taylor_threshold * largest:
                     break
@@ -234,10 +257,9 @@ class DiffusionTask(SingleCallTask):
         """One step at batch 1 and at batch 16 (each beside ``base`` when given), and one sampling run
         at batch 1, timed alone: the step's speed-up already says what pruning gained, and sampling
         runs are too long to time twice in every trial."""
-        shape = (1, *data.info.input_shape)
 
         def run() -> torch.Tensor:
-            return sample(model, shape, sampler_name=self.sampler, steps=self.sample_steps, device=device)
+            return self.generate(model, data, 1, device=device)
 
         timings = {
             name: measure_latency(
@@ -250,13 +272,29 @@ class DiffusionTask(SingleCallTask):
         )
         return timings
 
+    def generate(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        n: int,
+        *,
+        split: str = "val",
+        seed: int = 0,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """``n`` samples in [-1, 1] from seeded noise with the task's sampler (``split``: whose conditions
+        a conditional task samples for; unused here)."""
+        shape = (n, *data.info.input_shape)
+        return sample(
+            model, shape, sampler_name=self.sampler, steps=self.sample_steps, seed=seed, device=device
+        )
+
     def figures(
         self, model: nn.Module, base: nn.Module, data: DataSplits, folder: Path, device: torch.device
     ) -> list[Path]:
         """Eight samples of the base and the pruned model from the same noise seeds."""
-        shape = (GRID_SAMPLES, *data.info.input_shape)
         rows = [
-            (label, sample(m, shape, sampler_name=self.sampler, steps=self.sample_steps, device=device))
+            (label, self.generate(m, data, GRID_SAMPLES, device=device))
             for label, m in (("base", base), ("pruned", model))
         ]
         path = folder / f"diffusion_samples_{uuid.uuid4().hex[:12]}.png"
