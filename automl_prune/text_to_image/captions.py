@@ -18,6 +18,7 @@ from automl_prune.data.common import resize_and_crop, seeded_split, tensor_split
 from automl_prune.data.digits import digit_images
 from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
+from automl_prune.text_to_image.text_encoder import encoder_spec
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Low, middle, high third of each attribute; the order of the attributes is the order in a caption.
@@ -91,7 +92,13 @@ def split_prompts(digit_of: np.ndarray, unseen: float, seed: int) -> list[np.nda
 
 @takes_image_options(norm="train", augment=False)
 def digits_captions(
-    arg: str | None = None, *, size: int = 16, seed: int = 0, unseen: float = 0.2, preprocess: ImageOptions
+    arg: str | None = None,
+    *,
+    size: int = 16,
+    seed: int = 0,
+    unseen: float = 0.2,
+    text_encoder: str = "random",
+    preprocess: ImageOptions,
 ) -> DataSplits:
     """Digits resized to ``size`` x ``size`` as ``(image, caption_id, label)``, split by caption.
 
@@ -99,8 +106,9 @@ def digits_captions(
     over all 1797 digits: captioning is labelling, not fitting a model, so val and test images take
     part. ``info.extra`` holds ``captions`` (every caption, sorted: what ``caption_id`` indexes),
     ``attributes`` (the cut points, for :func:`describe`), ``prompts`` (the caption ids of each split),
-    ``seed``, ``unseen`` and the normalisation (``mean``/``std``). Not augmented: a flip or crop would
-    contradict the image's slant or thickness words.
+    ``seed``, ``unseen``, the normalisation (``mean``/``std``) and ``text_encoder``: the spec of the frozen
+    encoder the task conditions on (``random``, or a local CLIP directory; :mod:`.text_encoder`). Not
+    augmented: a flip or crop would contradict the image's slant or thickness words.
     """
     if arg:
         raise DataError(
@@ -140,5 +148,6 @@ def digits_captions(
             "prompts": dict(zip(SPLITS, (ids.tolist() for ids in prompts), strict=True)),
             "seed": seed,
             "unseen": unseen,
+            "text_encoder": encoder_spec(text_encoder),
         },
     )
