@@ -11,11 +11,15 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
+import automl_prune
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.registry import load_dataset
+from automl_prune.diffusion.layers import FF_GROUPS
 from automl_prune.errors import ModelError
 from automl_prune.flops import count_flops
+from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
+from automl_prune.pruning import GatedFlops, analyze, save_pruned, slice_checked
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask, caption_ids, caption_states
 from automl_prune.text_to_image.text_encoder import encoder_spec, local_encoder, random_encoder, text_encoder
@@ -127,3 +131,28 @@ def test_report_gives_frechet_distance_and_agreement_on_unseen_prompts(
     assert {"fd_val", "fd_test", "agreement_val", "agreement_test"} <= set(metrics)
     assert all(0 <= metrics[f"agreement_{s}"] <= 1 for s in ("val", "test"))
     assert metrics["fd_val"] > 0
+
+
+def test_t2i_unet_prunes_heads_feed_forward_groups_and_norm_groups_and_reloads(
+    data: DataSplits, task: TextToImageTask, tmp_path: Path
+) -> None:
+    model = unet(data).eval()
+    example = task.example_input(data, 1)
+    analysis = analyze(model, example)
+    ff = [g for g in analysis if g.key.endswith("ff.net.0.proj")]
+    assert ff and all(g.unit == 2 * (g.size // 2) // FF_GROUPS for g in ff)  # a group's rows in both halves
+    assert any(g.key.endswith("attn2.to_v") for g in analysis)  # cross-attention heads
+    flops = GatedFlops(model, analysis, example)
+    generator = torch.Generator().manual_seed(0)
+    keep = {
+        g.key: (torch.rand(g.units, generator=generator) < 0.5).repeat_interleave(g.unit) for g in analysis
+    }
+    for g in analysis:  # at least one unit per group
+        keep[g.key][: g.unit] = True
+    sliced = slice_checked(model, analysis, keep, example, task.example_input(data, 3))
+    assert count_flops(sliced, example) == round(float(flops({k: v.double() for k, v in keep.items()})))
+    ref = ModelRef("t2i-unet-tiny", {"block_out_channels": [16, 16, 16], "norm_num_groups": 4})
+    path = save_pruned(sliced, tmp_path / "t2i", model_ref=ref, info=data.info)
+    batch = (torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), caption_states(data)[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(automl_prune.load(path)(*batch).sample, sliced(*batch).sample)

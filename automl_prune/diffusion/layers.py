@@ -7,18 +7,20 @@
 - ``Upsample2D``/``Downsample2D``: their ``channels`` (asserted in forward) and ``out_channels`` follow
   their conv.
 - ``GEGLU`` (the feed-forward of a transformer block): its ``proj`` output is split in two halves that
-  are multiplied channel by channel, so channel i goes with channel i + inner; it is kept whole (one
-  block of all its channels) until pairs of channels can be pruned together.
+  are multiplied channel by channel, so channel i goes with channel i + inner. It loses one of
+  ``FF_GROUPS`` (32) groups of the inner dimension at a time, the group's rows in both halves
+  (``Unit(inner / 32, 2)``); an inner width not divisible by 32 stays whole.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from automl_prune.pruning.layers import LayerRule
+from automl_prune.pruning.layers import LayerRule, Unit
 
 ATTENTION = "diffusers.models.attention_processor.Attention"
 GEGLU = "diffusers.models.activations.GEGLU"
+FF_GROUPS = 32
 RESAMPLERS = ("diffusers.models.upsampling.Upsample2D", "diffusers.models.downsampling.Downsample2D")
 
 
@@ -43,12 +45,13 @@ def _resampler_follow(sliced: nn.Module, original: nn.Module) -> None:
         sliced.channels, sliced.out_channels = conv.in_channels, conv.out_channels
 
 
-def _whole_projection(geglu: nn.Module) -> dict[str, int]:
-    return {"proj": geglu.proj.out_features}
+def _feed_forward_groups(geglu: nn.Module) -> dict[str, int | Unit]:
+    inner = geglu.proj.out_features // 2
+    return {"proj": Unit(inner // FF_GROUPS, 2) if inner % FF_GROUPS == 0 else 2 * inner}
 
 
 RULES = (
-    LayerRule(GEGLU, units=_whole_projection),
+    LayerRule(GEGLU, units=_feed_forward_groups),
     LayerRule(
         ATTENTION,
         units=_attention_units,
