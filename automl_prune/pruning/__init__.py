@@ -8,7 +8,8 @@ under a FLOPs target; ``slice_model`` removes channels physically;
 ``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model
 (``exact_flops_of``: the exact FLOPs of hard keep masks); ``OFFSET``/``TEMPERATURE`` are the Gumbel
 gates' defaults (gates start open, nearly binary); ``gumbel_softmax`` relaxes a choice among options
-(an expert's configuration), cooled by ``annealed_temperature``;
+(an expert's configuration), cooled by ``annealed_temperature``; ``hard_threshold`` decides soft gates
+with straight-through gradients; ``sinkhorn`` spreads samples evenly over options (balanced routing);
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
 timestep); ``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their
@@ -41,6 +42,7 @@ from automl_prune.pruning.gumbel import (
     deterministic_gates,
     gumbel_sigmoid,
     gumbel_softmax,
+    hard_threshold,
 )
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
@@ -52,6 +54,7 @@ from automl_prune.pruning.selection import (
     uniform_keep,
 )
 from automl_prune.pruning.surgery import hard_keep, slice_model
+from automl_prune.pruning.transport import sinkhorn
 
 __all__ = [
     "OFFSET",
@@ -81,6 +84,7 @@ __all__ = [
     "gumbel_sigmoid",
     "gumbel_softmax",
     "hard_keep",
+    "hard_threshold",
     "keep_for_target",
     "kept_indices",
     "load_pruned",
@@ -93,6 +97,7 @@ __all__ = [
     "repair_to_budget",
     "save_pruned",
     "shape_preserving",
+    "sinkhorn",
     "slice_checked",
     "slice_model",
     "smallest_flops",

@@ -4,7 +4,8 @@ Gumbel-sigmoid gates decide keep/remove per channel: v = sigmoid((z + g + b) / T
 g. The offset b (default 3) makes gates start open, so training begins from the full network; a low
 temperature T (default 0.4) makes v nearly binary. Gumbel-softmax picks one of several options (e.g. an
 expert's depth/width configuration): y = softmax((z + g) / T) with Gumbel noise g over the last dim.
-Hard samples are exactly 0/1 (one-hot) in the forward pass and pass the soft gradient straight through.
+Hard samples are exactly 0/1 (one-hot) in the forward pass and pass the soft gradient straight through
+(``hard_threshold`` does this for any soft gate values).
 ``annealed_temperature`` lowers T during training so the relaxation ends close to the discrete choice.
 """
 
@@ -38,6 +39,11 @@ def _threshold(soft: torch.Tensor) -> torch.Tensor:
     return (soft >= 0.5).to(soft.dtype)
 
 
+def hard_threshold(soft: torch.Tensor) -> torch.Tensor:
+    """Exactly 1[soft >= 0.5] forward, the identity backward: decide gates yet let their values learn."""
+    return _StraightThrough.apply(soft, _threshold)
+
+
 def _one_hot_of_max(soft: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
 
@@ -59,7 +65,7 @@ def gumbel_sigmoid(
     """Sample gates from ``logits``: soft values in (0, 1), or hard 0/1 with straight-through gradients."""
     u = _uniform(logits, generator)
     soft = torch.sigmoid((logits + torch.log(u) - torch.log1p(-u) + offset) / temperature)
-    return _StraightThrough.apply(soft, _threshold) if hard else soft
+    return hard_threshold(soft) if hard else soft
 
 
 def gumbel_softmax(

@@ -1,0 +1,8 @@
+"""Prompt-based pruning of text-to-image diffusion (APTP, ICLR 2025; methods/prompt.md): each prompt is
+routed to one of K learned architecture codes, so it gets a sub-network sized for it, and prompts that
+share a code are batched through one pruned UNet.
+
+- ``router.py``: the router's tensor math: the architecture predictor (prompt embedding to gate logits),
+  the K codes, the Gumbel relaxation (ordered on depth), the routing embedding and similarity, balanced
+  assignment by optimal transport, and the contrastive and anti-collapse losses.
+"""
