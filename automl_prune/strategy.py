@@ -129,8 +129,14 @@ class Context:
         return float(params[self.budget_param])
 
     def target_flops(self, params: Mapping[str, Any]) -> float:
-        """The trial's absolute FLOPs target: :meth:`budget_ratio` times ``base_flops``."""
+        """The trial's absolute FLOPs target in the task's unit: :meth:`budget_ratio` times ``base_flops``."""
         return self.budget_ratio(params) * self.base_flops
+
+    def call_target_flops(self, params: Mapping[str, Any]) -> float:
+        """The target in FLOPs of one model call at :meth:`example_input`: what a FLOPs model of the model
+        (``GatedFlops``, ``count_flops``) counts. It is :meth:`target_flops` for a task whose unit is one
+        call, half of it where a denoising step makes two (classifier-free guidance)."""
+        return self.target_flops(params) / self.task.model_calls
 
     def figure_path(self, stem: str, suffix: str = ".png") -> Path:
         """A fresh path for a trial's figure: ``RUN_DIR/figures/STEM_<12 hex digits>SUFFIX``, unique per

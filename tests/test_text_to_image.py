@@ -20,6 +20,7 @@ from automl_prune.flops import count_flops
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
 from automl_prune.pruning import GatedFlops, analyze, save_pruned, slice_checked
+from automl_prune.strategy import Context
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask, caption_ids, caption_states
 from automl_prune.text_to_image.text_encoder import encoder_spec, local_encoder, random_encoder, text_encoder
@@ -156,3 +157,32 @@ def test_t2i_unet_prunes_heads_feed_forward_groups_and_norm_groups_and_reloads(
     batch = (torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), caption_states(data)[:2])
     with torch.no_grad():
         torch.testing.assert_close(automl_prune.load(path)(*batch).sample, sliced(*batch).sample)
+
+
+def test_magnitude_meets_a_budget_in_guided_steps(
+    data: DataSplits, task: TextToImageTask, tmp_path: Path
+) -> None:
+    """The budget is per denoising step with both guidance passes; the strategy's FLOPs model counts one
+    UNet call, so it must prune to half of the task's target (the trial, not the FLOPs model, decides)."""
+    from automl_prune_magnitude import MagnitudeStrategy
+
+    model = unet(data).eval()
+    context = Context(
+        model=model,
+        model_ref=ModelRef("t2i-unet-tiny"),
+        data=data,
+        task=task,
+        device=CPU,
+        seed=0,
+        run_dir=tmp_path,
+        cache_dir=tmp_path,
+        progress=Progress(quiet=True),
+        base_flops=task.flops(model, data),
+        budget_param="target_flops_ratio",
+    )
+    params = {"target_flops_ratio": 0.5, "criterion": "l1", "scope": "global", "lr": 1e-3}
+    params |= {"finetune_epochs": 0, "distill": False, "channel_multiple": 1}
+    assert context.call_target_flops(params) == context.target_flops(params) / 2
+    candidate = MagnitudeStrategy().run(context, params, {})
+    pruned = task.flops(candidate.model, data)
+    assert 0.9 * candidate.target_flops <= pruned <= candidate.target_flops == 0.5 * context.base_flops

@@ -157,7 +157,8 @@ def plan_search(config: SearchConfig) -> Plan:
     if config.weights is not None:  # read and fitted now, on the untrained copy, not after minutes
         load_pretrained(architecture, config.weights)
     base_flops = task.flops(architecture, data)
-    reachable = validate.check_model(strategy, architecture, task.example_input(data, 1), model_ref.name)
+    smallest_call = validate.check_model(strategy, architecture, task.example_input(data, 1), model_ref.name)
+    reachable = None if smallest_call is None else smallest_call * task.model_calls  # in the task's unit
     space = declared = load_space(strategy.space_for(task.name))
     if config.space:
         space = conform_space(load_space(config.space), declared, strategy.name)

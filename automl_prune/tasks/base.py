@@ -56,6 +56,7 @@ class Task(Protocol):
     base_lr: float
     batch_size: int
     flops_unit: str  # what one FLOPs figure covers, for tables and plots: "forward", "denoising step"
+    model_calls: int  # model calls in that unit at the example input (classifier-free guidance: 2)
 
     def train(
         self,
@@ -145,14 +146,16 @@ class SingleCallTask:
     """The contract's parts for models whose cost is one forward pass on one input tensor at batch 1."""
 
     flops_unit = "forward"
+    model_calls = 1
     batch_size: int
 
     def example_input(self, data: DataSplits, batch: int = 1) -> Inputs:
         return torch.zeros(batch, *data.info.input_shape)
 
     def flops(self, model: nn.Module, data: DataSplits) -> int:
+        """``model_calls`` x fvcore's count of one call on the example input at batch 1."""
         device = next(model.parameters()).device
-        return count_flops(model, to_device(self.example_input(data, 1), device))
+        return self.model_calls * count_flops(model, to_device(self.example_input(data, 1), device))
 
     def cost(self, model: nn.Module, data: DataSplits, flops: int) -> dict[str, float]:
         return {}

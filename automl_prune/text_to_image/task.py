@@ -46,7 +46,7 @@ from automl_prune.flops import FLOPS_CONVENTION
 from automl_prune.frechet import encode_in_batches, frechet_distance
 from automl_prune.model_io import Inputs, evaluating
 from automl_prune.progress import Progress
-from automl_prune.tasks.base import SPLITS, SingleCallTask, split_dataset
+from automl_prune.tasks.base import SPLITS, split_dataset
 from automl_prune.text_to_image.text_encoder import text_encoder
 
 EMPTY = ""  # the caption classifier-free guidance's unconditional branch sees
@@ -58,6 +58,7 @@ class TextToImageTask(DiffusionTask):
     with the true captions."""
 
     name: str = "text-to-image"
+    model_calls: int = 2  # classifier-free guidance: the caption's and the empty caption's prediction
     base_epochs: int = 40
     guidance: float = 3.0
     cfg_dropout: float = 0.1
@@ -76,10 +77,6 @@ class TextToImageTask(DiffusionTask):
         sample, t = super().example_input(data, batch)
         states = caption_states(data)[:1].expand(batch, -1, -1)
         return sample, t, states
-
-    def flops(self, model: nn.Module, data: DataSplits) -> int:
-        """Both classifier-free guidance passes of one denoising step: 2 x one UNet call at batch 1."""
-        return 2 * SingleCallTask.flops(self, model, data)
 
     def flops_convention(self) -> str:
         return (

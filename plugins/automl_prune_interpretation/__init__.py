@@ -160,7 +160,7 @@ class InterpretationStrategy(Strategy):
         analysis = analyze(base, example)
         flops = GatedFlops(base, analysis, example)
         ratio = context.budget_ratio(params)
-        target = context.target_flops(params)
+        target = context.call_target_flops(params)
         search = search_gates(
             base,
             analysis,
@@ -201,7 +201,7 @@ class InterpretationStrategy(Strategy):
         candidate = context.finish(
             pruned,
             params,
-            target_flops=target,
+            target_flops=context.target_flops(params),
             spec={
                 "keep": kept_indices(keep),
                 "isp": {

@@ -58,7 +58,7 @@ def _accumulate_gradients(model: nn.Module, context: Context) -> None:
 
 class MagnitudeStrategy(Strategy):
     name = "magnitude"
-    tasks = ("classification", "image-translation", "diffusion")
+    tasks = ("classification", "image-translation", "diffusion", "text-to-image")
     space = builtin_space_path("magnitude")
     description = "L1/L2/Taylor/random channel importance, global or uniform, equal-budget fine-tuning"
 
@@ -75,12 +75,14 @@ class MagnitudeStrategy(Strategy):
             torch.manual_seed(context.seed)
             scores = analysis.importance(_criterion(params["criterion"]))
         flops = GatedFlops(model, analysis, example)
-        target = context.target_flops(params)
+        target = context.call_target_flops(params)
         units = aligned_units(analysis, params.get("channel_multiple", 1))  # optional: spaces before it
         keep = keep_for_target(scores, units, lambda k: float(flops(k)), target, params["scope"])
         model.zero_grad(set_to_none=True)
         pruned = slice_model(model, example, keep, analysis)
-        return context.finish(pruned, params, target_flops=target, spec={"keep": kept_indices(keep)})
+        return context.finish(
+            pruned, params, target_flops=context.target_flops(params), spec={"keep": kept_indices(keep)}
+        )
 
 
 @hookimpl
