@@ -10,7 +10,7 @@ rebuilds by name, so the saved model needs no weights of the removed block.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -53,12 +53,16 @@ def shape_preserving(model: nn.Module, example_input: Inputs, names: Iterable[st
 
 class BlockSkips:
     """Forward hooks on ``model``'s blocks ``names``: ``set(skipped)`` makes those of them return their
-    input (the block still runs, its result is dropped, so no gradient reaches its weights).
-    ``remove()`` (or leaving the ``with`` block) detaches the hooks."""
+    input (the block still runs, its result is dropped, so no gradient reaches its weights);
+    ``set_gates({name: d})`` makes a block return ``x + d * (f(x) - x)`` instead, a soft depth gate
+    (d = 1: the block, d = 0: skipped, exactly) through which a learned d gets the task loss's gradient.
+    Each call replaces what the other set. ``remove()`` (or leaving the ``with`` block) detaches the
+    hooks."""
 
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
         self.names = tuple(names)
         self._skipped: frozenset[str] = frozenset()
+        self._gates: dict[str, torch.Tensor] = {}
         modules = dict(model.named_modules())
         self._handles = [
             modules[name].register_forward_hook(partial(self._skip, name)) for name in self.names
@@ -70,10 +74,18 @@ class BlockSkips:
 
     def set(self, skipped: Iterable[str]) -> None:
         skipped = frozenset(skipped)
-        unknown = skipped - set(self.names)
+        self._check(skipped)
+        self._skipped, self._gates = skipped, {}
+
+    def set_gates(self, gates: Mapping[str, torch.Tensor]) -> None:
+        """Soft keep-values per block (scalars, or one per batch element); blocks left out run whole."""
+        self._check(gates)
+        self._skipped, self._gates = frozenset(), dict(gates)
+
+    def _check(self, names: Iterable[str]) -> None:
+        unknown = set(names) - set(self.names)
         if unknown:
             raise KeyError(f"blocks {sorted(unknown)} are not among the skippable blocks")
-        self._skipped = skipped
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -93,6 +105,10 @@ class BlockSkips:
         self.remove()
 
     def _skip(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if name in self._gates:
+            x, d = args[0], self._gates[name]
+            d = d.view(-1, *[1] * (x.dim() - 1)) if d.dim() == 1 else d
+            return x + d.to(x.dtype) * (output - x)
         return args[0] if name in self._skipped else None
 
 
