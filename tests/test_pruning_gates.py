@@ -101,3 +101,21 @@ def test_a_closed_gate_zeroes_exactly_its_channels_after_the_norm() -> None:
         model(example())
     channel_mass = seen["bn1"].abs().sum((0, 2, 3))
     assert (channel_mass == 0).nonzero().flatten().tolist() == [2, 5]
+
+
+def test_per_sample_gates_act_as_each_sample_with_its_own_gates() -> None:
+    """Rows of a (batch, size) gate: sample i computed as if the batch had gate row i (a router's
+    per-prompt architectures)."""
+    model = build("resnet20").eval()
+    x = example(batch=3)
+    analysis = analyze(model, x)
+    torch.manual_seed(0)
+    rows = {k: torch.rand(3, s) for k, s in zip(analysis.keys, analysis.sizes, strict=True)}
+    with ChannelGates(model, analysis) as gates, torch.no_grad():
+        gates.set(rows)
+        together = model(x)
+        for i in range(3):
+            gates.set({k: v[i] for k, v in rows.items()})
+            torch.testing.assert_close(together[i : i + 1], model(x[i : i + 1]))
+        with pytest.raises(ValueError, match="shape"):
+            gates.set({"layer1.0.conv1": torch.zeros(3, 8)})

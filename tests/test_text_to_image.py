@@ -19,7 +19,7 @@ from automl_prune.errors import ModelError
 from automl_prune.flops import count_flops
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
-from automl_prune.pruning import GatedFlops, analyze, save_pruned, slice_checked
+from automl_prune.pruning import ChannelGates, GatedFlops, analyze, save_pruned, slice_checked
 from automl_prune.strategy import Context
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask, caption_ids, caption_states
@@ -186,3 +186,20 @@ def test_magnitude_meets_a_budget_in_guided_steps(
     candidate = MagnitudeStrategy().run(context, params, {})
     pruned = task.flops(candidate.model, data)
     assert 0.9 * candidate.target_flops <= pruned <= candidate.target_flops == 0.5 * context.base_flops
+
+
+def test_per_prompt_gates_on_the_conditional_unet(data: DataSplits, task: TextToImageTask) -> None:
+    """One gate row per prompt (channels-first convs, channels-last attention and feed-forward) computes
+    what each prompt computes alone with its row: the router can run a batch of mixed architectures."""
+    model = unet(data).eval()
+    analysis = analyze(model, task.example_input(data, 1))
+    torch.manual_seed(0)
+    rows = {g.key: (torch.rand(2, g.units) < 0.6).float().repeat_interleave(g.unit, 1) for g in analysis}
+    batch = (torch.randn(2, 1, 16, 16), torch.tensor([3, 700]), caption_states(data)[:2])
+    with ChannelGates(model, analysis) as gates, torch.no_grad():
+        gates.set(rows)
+        together = model(*batch).sample
+        for i in range(2):
+            gates.set({k: v[i] for k, v in rows.items()})
+            alone = model(*(part[i : i + 1] for part in batch)).sample
+            torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-4, atol=1e-5)

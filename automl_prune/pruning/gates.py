@@ -40,10 +40,15 @@ class ChannelGates:
         ]
 
     def set(self, values: dict[str, torch.Tensor]) -> None:
+        """Gates per group: shape ``(size,)`` for the whole batch, or ``(batch, size)``, one row per sample
+        (a router that gives each prompt its own architecture)."""
         for key, gate in values.items():
             size = self.analysis[key].size
-            if gate.shape != (size,):
-                raise ValueError(f"gate of group {key!r} must have shape ({size},), got {tuple(gate.shape)}")
+            if gate.dim() not in (1, 2) or gate.shape[-1] != size:
+                raise ValueError(
+                    f"gate of group {key!r} must have shape ({size},) or (batch, {size}), "
+                    f"got {tuple(gate.shape)}"
+                )
         self._values = dict(values)
 
     def remove(self) -> None:
@@ -77,10 +82,11 @@ class ChannelGates:
         if not active:
             return None
         dim = -1 if isinstance(module, CHANNELS_LAST) else 1
-        scale = output.new_ones(output.shape[dim])
+        rows = output.shape[0] if any(self._values[key].dim() == 2 for key, _, _ in active) else 1
+        scale = output.new_ones(rows, output.shape[dim])
         for key, idxs, channels in active:
-            gate = self._values[key].to(scale)
-            scale = scale.index_copy(0, idxs.to(scale.device), gate[channels.to(scale.device)])
-        shape = [1] * output.dim()
+            gate = self._values[key].to(scale).view(-1, self.analysis[key].size).expand(rows, -1)
+            scale = scale.index_copy(1, idxs.to(scale.device), gate[:, channels.to(scale.device)])
+        shape = [rows] + [1] * (output.dim() - 1)
         shape[dim] = -1
         return output * scale.view(shape)
