@@ -20,7 +20,7 @@ composite models without pickle;
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.composite import CompositeModel, Router, TimestepRouter
-from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving
+from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving, stage_blocks
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
     SliceMismatchError,
@@ -101,5 +101,6 @@ __all__ = [
     "slice_checked",
     "slice_model",
     "smallest_flops",
+    "stage_blocks",
     "uniform_keep",
 ]

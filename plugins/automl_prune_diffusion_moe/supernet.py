@@ -50,11 +50,11 @@ from automl_prune.pruning import (
     remove_blocks,
     shape_preserving,
     slice_model,
+    stage_blocks,
     uniform_keep,
 )
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
-STAGES = ("down_blocks", "mid_block", "up_blocks")
 Keep = dict[str, torch.Tensor]
 
 
@@ -65,30 +65,6 @@ class ExpertConfig:
 
     depth: int
     width: float
-
-
-def stage_blocks(unet: nn.Module) -> list[list[str]]:
-    """Per stage (down blocks, mid block, up blocks), the names of its resnet and attention blocks in the
-    order its forward runs them (a mid block runs resnet 0, then attention i and resnet i + 1)."""
-    stages = []
-    for prefix in STAGES:
-        part = getattr(unet, prefix, None)
-        if isinstance(part, nn.ModuleList):
-            named = [(f"{prefix}.{i}", stage) for i, stage in enumerate(part)]
-        else:
-            named = [(prefix, part)] if part is not None else []
-        for name, stage in named:
-            resnets = [f"{name}.resnets.{j}" for j in range(len(stage.resnets))]
-            attentions = [
-                f"{name}.attentions.{j}" if a is not None else None
-                for j, a in enumerate(getattr(stage, "attentions", None) or [])
-            ]
-            if prefix == "mid_block":
-                order = [resnets[0], *(b for pair in zip(attentions, resnets[1:], strict=True) for b in pair)]
-            else:
-                order = [b for j, r in enumerate(resnets) for b in (r, *attentions[j : j + 1])]
-            stages.append([b for b in order if b is not None])
-    return stages
 
 
 def magnitude_scores(analysis: DependencyAnalysis) -> dict[str, torch.Tensor]:
