@@ -179,8 +179,9 @@ class DiffusionMoEStrategy(Strategy):
         return supernet.flops(supernet.smallest())
 
     def prepare_key(self, context: Context) -> dict[str, Any]:
-        """The width options: the supernets' sandwich steps sample them, so other widths retrain."""
-        return {"widths": WIDTHS}
+        """The width options (the supernets' sandwich steps sample them, so other widths retrain) and the
+        artifacts' format (they hold the options' FLOPs table)."""
+        return {"widths": WIDTHS, "artifacts": "options-table"}
 
     def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
         model = context.model.eval()
@@ -206,12 +207,17 @@ class DiffusionMoEStrategy(Strategy):
                 seed=SEED + j,
             )
             states.append({k: v.detach().cpu() for k, v in supernet.unet.state_dict().items()})
+        # the supernets differ in weights and channel order, not in channel counts: one FLOPs row serves
+        # all, measured once here rather than in every trial (a FLOPs model per depth: seconds each)
+        options, costs = distinct_options(supernet)
         return {
             "grid": grid,
             "similarity": S.cpu(),
             "bounds": bounds,
             "boundaries": boundaries,
             "supernets": states,
+            "options": [[c.depth, c.width] for c in options],
+            "costs": costs,
         }
 
     def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
@@ -221,8 +227,8 @@ class DiffusionMoEStrategy(Strategy):
         boundaries = artifacts["boundaries"]
         intervals = list(pairwise(boundaries))
         supernets = [_supernet(dense, example, state) for state in artifacts["supernets"]]
-        # the supernets differ in weights and channel order, not in channel counts: one FLOPs row serves all
-        options, costs = distinct_options(supernets[0])
+        options = [ExpertConfig(depth, width) for depth, width in artifacts["options"]]
+        costs = artifacts["costs"]
         agent = RoutingAgent([costs] * len(supernets))
         sampler = (params["sampler"], int(params["steps"]))
         measured = (getattr(context.task, "sampler", "ddim"), getattr(context.task, "sample_steps", 50))
