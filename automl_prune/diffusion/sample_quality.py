@@ -45,20 +45,25 @@ ENCODER_MODEL = "plain-cnn"
 SAMPLE_BATCH = 64
 
 
+def _statistics(extra: dict[str, Any], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std ``extra`` records, shaped to broadcast over ``like`` (N, C, H, W)."""
+    shape = (1, -1, 1, 1)
+    return tuple(  # type: ignore[return-value]
+        torch.as_tensor(extra.get(key, [0.5]), dtype=like.dtype, device=like.device).view(shape)
+        for key in ("mean", "std")
+    )
+
+
 def unit_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
     """Dataset tensors (standardised by the mean/std ``extra`` records) -> images in [-1, 1]."""
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(extra.get("mean", [0.5]), dtype=images.dtype, device=images.device).view(shape)
-    std = torch.as_tensor(extra.get("std", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    mean, std = _statistics(extra, images)
     return ((images * std + mean) * 2 - 1).clamp(-1, 1)
 
 
 def dataset_range(images: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
     """The inverse of :func:`unit_range`: [-1, 1] images standardised as the dataset's tensors are (what
     a classifier trained on the dataset takes)."""
-    shape = (1, -1, 1, 1)
-    mean = torch.as_tensor(extra.get("mean", [0.5]), dtype=images.dtype, device=images.device).view(shape)
-    std = torch.as_tensor(extra.get("std", [0.5]), dtype=images.dtype, device=images.device).view(shape)
+    mean, std = _statistics(extra, images)
     return ((images + 1) / 2 - mean) / std
 
 
@@ -67,9 +72,20 @@ def _pooled(classifier: nn.Module, extra: dict[str, Any], images: torch.Tensor) 
     return classifier.avgpool(classifier.features(dataset_range(images, extra))).flatten(1)
 
 
+_CLASSIFIERS: dict[str, nn.Module] = {}
+
+
 def reference_classifier(data: DataSplits, device: torch.device, progress: Progress) -> nn.Module:
     """The cached plain CNN classifier of ``data``'s labels (trained now if missing), in eval mode: the
-    fixed encoder of the Frechet distance, and the judge of what a generated image shows."""
+    fixed encoder of the Frechet distance, and the judge of what a generated image shows. Loaded once per
+    process, data and device, like :func:`reference`: every trial's report uses the same one."""
+    key = content_key(asdict(data.info), str(device))
+    if key not in _CLASSIFIERS:
+        _CLASSIFIERS[key] = _train_or_load_classifier(data, device, progress)
+    return _CLASSIFIERS[key]
+
+
+def _train_or_load_classifier(data: DataSplits, device: torch.device, progress: Progress) -> nn.Module:
     from automl_prune.models.pretrained import get_base_model
     from automl_prune.tasks.classification import ClassificationTask
 

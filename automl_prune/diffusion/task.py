@@ -67,6 +67,7 @@ class DiffusionTask(SingleCallTask):
     flops_unit: str = "denoising step"
     sampler: str = "ddim"
     sample_steps: int = 50
+    fd_samples: int = FD_SAMPLES  # samples generated for the Frechet distances (per split, if conditional)
     distill_weight: float = 1.0
     taylor_threshold: float = 0.05
     taylor_stride: int = 20
@@ -233,6 +234,7 @@ class DiffusionTask(SingleCallTask):
             sampler_name=self.sampler,
             steps=self.sample_steps,
             device=device,
+            n=self.fd_samples,
         )
 
     def report_convention(self, data: DataSplits) -> str:
@@ -240,7 +242,7 @@ class DiffusionTask(SingleCallTask):
         if ref is None:
             return "no Frechet distance: the data has no labels to train an encoder on and is not RGB"
         return (
-            f"fd_val/fd_test: Frechet distance of {FD_SAMPLES} samples ({self.sampler.upper()}, "
+            f"fd_val/fd_test: Frechet distance of {self.fd_samples} samples ({self.sampler.upper()}, "
             f"{self.sample_steps} steps, fixed seeds) to the first {FD_SAMPLES} images of the split; "
             f"encoder: {ref.encoder.name}"
         )

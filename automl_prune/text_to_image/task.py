@@ -35,7 +35,6 @@ from torch.utils.data import Dataset
 
 from automl_prune.data.base import DataSplits
 from automl_prune.diffusion.sample_quality import (
-    FD_SAMPLES,
     SAMPLE_BATCH,
     dataset_range,
     reference,
@@ -64,7 +63,6 @@ class TextToImageTask(DiffusionTask):
     base_epochs: int = 40
     guidance: float = 1.5  # digits-captions, 40-epoch base: the caption's digit in 90% of val samples
     cfg_dropout: float = 0.1
-    fd_samples: int = FD_SAMPLES  # per evaluation split, at most its size
 
     def condition(
         self, batch: Any, data: DataSplits, device: torch.device, *, training: bool = False
@@ -191,14 +189,18 @@ def classification_view(data: DataSplits) -> DataSplits:
 
 def caption_ids(data: DataSplits, split: str, n: int) -> torch.Tensor:
     """The caption ids of the first ``n`` items of ``split``."""
-    dataset = split_dataset(data, split)
-    return torch.tensor([int(dataset[i][1]) for i in range(min(n, len(dataset)))])
+    return _field(data, split, n, 1)
 
 
 def labels(data: DataSplits, split: str, n: int) -> torch.Tensor:
     """The labels of the first ``n`` items of ``split``."""
+    return _field(data, split, n, 2)
+
+
+def _field(data: DataSplits, split: str, n: int, index: int) -> torch.Tensor:
+    """Field ``index`` of the ``(image, caption_id, label)`` items, for the first ``n`` of ``split``."""
     dataset = split_dataset(data, split)
-    return torch.tensor([int(dataset[i][2]) for i in range(min(n, len(dataset)))])
+    return torch.tensor([int(dataset[i][index]) for i in range(min(n, len(dataset)))])
 
 
 def caption_states(data: DataSplits) -> torch.Tensor:
