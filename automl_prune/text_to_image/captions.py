@@ -18,6 +18,7 @@ from automl_prune.data.common import resize_and_crop, seeded_split, tensor_split
 from automl_prune.data.digits import digit_images
 from automl_prune.data.preprocessing import ImageOptions, takes_image_options
 from automl_prune.errors import DataError
+from automl_prune.tasks.base import SPLITS
 from automl_prune.text_to_image.text_encoder import encoder_spec
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -26,7 +27,6 @@ ATTRIBUTE_WORDS: dict[str, tuple[str, str, str]] = {
     "thickness": ("thin", "regular", "bold"),
     "slant": ("left-leaning", "upright", "right-leaning"),
 }
-SPLITS = ("train", "val", "test")
 MAX_UNSEEN = 0.9  # above this, too few captions are left to train on
 
 
