@@ -10,17 +10,20 @@ import torch.nn.functional as F
 from automl_prune_prompt.router import (
     ArchitectureCodes,
     ArchitecturePredictor,
-    assign,
     contrastive_loss,
     max_size_loss,
-    relax,
-    routing_embedding,
-    routing_similarity,
     size_spread_loss,
 )
 
 from automl_prune.api import SpaceError
-from automl_prune.pruning import gumbel_sigmoid, sinkhorn
+from automl_prune.pruning import (
+    assign,
+    gumbel_sigmoid,
+    relax,
+    routing_embedding,
+    routing_similarity,
+    sinkhorn,
+)
 
 HEADS = [4, 4, 2, 3]  # two width units, a head unit, then a depth part of 3 blocks
 DEPTH = [slice(10, 13)]

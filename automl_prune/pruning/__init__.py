@@ -10,6 +10,8 @@ under a FLOPs target; ``slice_model`` removes channels physically;
 gates' defaults (gates start open, nearly binary); ``gumbel_softmax`` relaxes a choice among options
 (an expert's configuration), cooled by ``annealed_temperature``; ``hard_threshold`` decides soft gates
 with straight-through gradients; ``sinkhorn`` spreads samples evenly over options (balanced routing);
+``relax`` (ordered on depth), ``routing_embedding``, ``routing_similarity`` and ``assign`` route
+samples to architecture codes;
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
 timestep); ``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their
@@ -46,6 +48,7 @@ from automl_prune.pruning.gumbel import (
 )
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
+from automl_prune.pruning.routing import assign, relax, routing_embedding, routing_similarity
 from automl_prune.pruning.selection import (
     aligned_units,
     global_keep,
@@ -74,6 +77,7 @@ __all__ = [
     "aligned_units",
     "analyze",
     "annealed_temperature",
+    "assign",
     "check_same_outputs",
     "choose",
     "deterministic_gates",
@@ -93,8 +97,11 @@ __all__ = [
     "masked_outputs",
     "read_spec",
     "recalibrate_batchnorm",
+    "relax",
     "remove_blocks",
     "repair_to_budget",
+    "routing_embedding",
+    "routing_similarity",
     "save_pruned",
     "shape_preserving",
     "sinkhorn",

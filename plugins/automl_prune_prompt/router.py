@@ -7,15 +7,9 @@ relaxed by ``relax`` and compared through ``routing_embedding`` N(.), so
 S_ik = <N(GS(e_i)), N(GS(a_k))>, and prompt i goes to code argmax_k (training: of the Sinkhorn plan, so
 the codes share the prompts evenly; inference: of S itself).
 
-Choices the spec leaves open, and why:
+The relaxation, routing embedding and assignment are the toolbox's (:mod:`automl_prune.pruning.routing`:
+the composite's router routes with them too). Choices the spec leaves open here, and why:
 
-- Depth is relaxed as a cumulative product of Gumbel-sigmoid samples along each depth part:
-  keep_j = prod_{i <= j} d_i, d_i = sigmoid((l_i + g_i + b) / T). d_j reads "block j is kept if block
-  j - 1 is", so keep_j is non-increasing in every sample (not only in expectation): a part lists its
-  blocks in the order they may be dropped last to first, and dropping one drops all after it. The hard
-  value thresholds keep_j (still non-increasing) and passes keep_j's gradient straight through. Each
-  d_i closes with probability sigmoid(-(l_i + b)), about 5% at l_i = 0, so a chain of n blocks starts
-  dense with probability about 0.95^n.
 - The contrastive loss is the KL divergence KL(P_text || P_arch) per row, averaged over rows (the
   cross-entropy minus the constant entropy of P_text: the same gradients, but zero when they match).
 - The size-spread term uses the population standard deviation, defined for a batch of one.
@@ -30,10 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_prune.api import SpaceError
-from automl_prune.pruning import OFFSET, TEMPERATURE, gumbel_sigmoid, hard_threshold, sinkhorn
 
-ROUTING_EPSILON = 0.05  # Sinkhorn's entropy on exp(S / epsilon), the spec's value
-ROUTING_ITERATIONS = 3  # a soft equipartition is enough for routing, as in the spec
 CONTRASTIVE_TEMPERATURE = 0.03  # both row softmaxes, the spec's value
 
 
@@ -83,62 +74,6 @@ class ArchitectureCodes(nn.Module):
     def forward(self) -> torch.Tensor:
         """The (K, L) code logits."""
         return self.weight
-
-
-def relax(
-    logits: torch.Tensor,
-    depth_slices: Sequence[slice] = (),
-    temperature: float = TEMPERATURE,
-    offset: float = OFFSET,
-    *,
-    generator: torch.Generator | None = None,
-    hard: bool = False,
-) -> torch.Tensor:
-    """GS(.): gates in (0, 1) from (..., L) logits; hard gives 0/1 with straight-through gradients.
-
-    Width entries are Gumbel-sigmoid samples; each slice of ``depth_slices`` (along the last dim) is a
-    depth part, relaxed to its cumulative product so its keep values never increase (module docstring).
-    """
-    soft = gumbel_sigmoid(logits, temperature, offset, hard=False, generator=generator)
-    gates = soft.clone()
-    for part in depth_slices:
-        if not range(logits.shape[-1])[part]:
-            raise ValueError(f"depth part {part} selects no gate of {logits.shape[-1]}")
-        gates[..., part] = torch.cumprod(soft[..., part], dim=-1)
-    return hard_threshold(gates) if hard else gates
-
-
-def routing_embedding(gates: torch.Tensor, unit_widths: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """N(.): hard-threshold (straight-through), scale by 1/sqrt(unit width), l2-normalise rows.
-
-    ``unit_widths[j]`` is the number of gates of entry j's unit (1 for a depth entry), so a unit weighs
-    the same in the cosine whatever its size. An all-closed row stays zero rather than dividing by 0.
-    """
-    widths = torch.as_tensor(unit_widths, dtype=gates.dtype, device=gates.device)
-    if widths.shape != gates.shape[-1:] or not bool((widths >= 1).all()):
-        raise ValueError(f"need one width >= 1 per gate ({gates.shape[-1]}), got shape {widths.shape}")
-    return F.normalize(hard_threshold(gates) * widths.rsqrt(), dim=-1)
-
-
-def routing_similarity(prompt_arch: torch.Tensor, code_arch: torch.Tensor) -> torch.Tensor:
-    """S (N, K): S_ik = <prompt_arch_i, code_arch_k>, both routing embeddings (``routing_embedding``)."""
-    if prompt_arch.dim() != 2 or code_arch.dim() != 2 or prompt_arch.shape[1] != code_arch.shape[1]:
-        raise ValueError(f"need (N, L) and (K, L) embeddings, got {prompt_arch.shape} and {code_arch.shape}")
-    return prompt_arch @ code_arch.T
-
-
-def assign(
-    scores: torch.Tensor,
-    balanced: bool,
-    epsilon: float = ROUTING_EPSILON,
-    iterations: int = ROUTING_ITERATIONS,
-) -> torch.Tensor:
-    """Each prompt's code (N,): argmax of the Sinkhorn plan if ``balanced`` (training), else of S.
-
-    No gradient flows through the choice; the routed code's gates carry the gradient instead.
-    """
-    scores = scores.detach()
-    return (sinkhorn(scores, epsilon, iterations) if balanced else scores).argmax(dim=-1)
 
 
 def contrastive_loss(
