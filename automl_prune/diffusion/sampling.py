@@ -85,12 +85,14 @@ def denoise(
     steps: int,
     seed: int,
     device: torch.device | str,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The sampling loop of :func:`sample` around any noise prediction ``predict(x, timesteps)`` (e.g.
-    one with classifier-free guidance)."""
+    one with classifier-free guidance). ``noise``: the initial x of ``shape`` if the caller draws it
+    (e.g. once for prompts sampled in several groups); ``seed`` then seeds only DDPM's per-step noise."""
     scheduler = sampler(sampler_name, steps)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=generator).to(device)
+    x = (torch.randn(shape, generator=generator) if noise is None else noise).to(device)
     for t in scheduler.timesteps:
         timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         x = scheduler.step(predict(x, timestep), t, x, generator=generator).prev_sample

@@ -48,7 +48,7 @@ from automl_prune.flops import FLOPS_CONVENTION
 from automl_prune.latency import SEARCH_BUDGET_S, Latency, measure_calls, measure_latency
 from automl_prune.model_io import Inputs, to_device
 from automl_prune.progress import Progress
-from automl_prune.pruning.composite import CompositeModel
+from automl_prune.pruning.composite import CompositeModel, groups
 from automl_prune.tasks.base import SPLITS, SingleCallTask, eval_mode, split_dataset
 
 INTERVALS = 4  # timestep quarters the denoising MSE is reported on
@@ -198,17 +198,20 @@ class DiffusionTask(SingleCallTask):
         return kept
 
     def flops(self, model: nn.Module, data: DataSplits) -> int:
-        """One UNet call at batch 1; for a composite whose parts serve different timesteps, the mean over
-        the sampler's actual timesteps: sum over parts of (steps served x the part's FLOPs) / steps."""
+        """One UNet call at batch 1; for a composite, the mean over the calls :meth:`served_parts` lists:
+        sum over parts of (calls served x the part's FLOPs) / calls."""
         if not isinstance(model, CompositeModel):
             return SingleCallTask.flops(self, model, data)
-        served = model.router.parts_of(torch.tensor(sampler_timesteps(self.sampler, self.sample_steps)))
+        served = self.served_parts(model, data)
         total = sum(
-            int((served == i).sum()) * SingleCallTask.flops(self, part, data)
-            for i, part in enumerate(model.parts)
-            if (served == i).any()
+            len(rows) * SingleCallTask.flops(self, model.parts[part], data) for part, rows in groups(served)
         )
         return round(total / len(served))
+
+    def served_parts(self, model: CompositeModel, data: DataSplits) -> torch.Tensor:
+        """The part serving each call a composite's FLOPs average over: the sampler's actual timesteps
+        (the composite's router is a :class:`~automl_prune.pruning.routers.TimestepRouter`)."""
+        return model.router.parts_of(torch.tensor(sampler_timesteps(self.sampler, self.sample_steps)))
 
     def cost(self, model: nn.Module, data: DataSplits, flops: int) -> dict[str, float]:
         return {"flops_per_sampling_run": float(flops * self.sample_steps)}

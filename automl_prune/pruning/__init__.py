@@ -14,14 +14,15 @@ with straight-through gradients; ``sinkhorn`` spreads samples evenly over option
 samples to architecture codes;
 ``recalibrate_batchnorm`` refreshes BatchNorm statistics after an architecture change;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
-timestep); ``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their
-input's shape (``shape_preserving``: elastic depth); ``save_pruned``/``load_pruned`` store pruned and
-composite models without pickle;
+timestep; ``PromptRouter``: by the architecture code a prompt's predicted gates resemble);
+``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their input's shape
+(``shape_preserving``: elastic depth); ``save_pruned``/``load_pruned`` store pruned and composite models
+without pickle;
 ``export_*`` write TorchScript/ONNX.
 """
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
-from automl_prune.pruning.composite import CompositeModel, Router, TimestepRouter
+from automl_prune.pruning.composite import CompositeModel
 from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving, stage_blocks
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
@@ -48,6 +49,7 @@ from automl_prune.pruning.gumbel import (
 )
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
+from automl_prune.pruning.routers import PromptRouter, Router, TimestepRouter
 from automl_prune.pruning.routing import assign, relax, routing_embedding, routing_similarity
 from automl_prune.pruning.selection import (
     aligned_units,
@@ -70,6 +72,7 @@ __all__ = [
     "DependencyAnalysis",
     "GatedFlops",
     "Member",
+    "PromptRouter",
     "Router",
     "SkippedBlock",
     "SliceMismatchError",

@@ -1,8 +1,9 @@
 """Pruned models on disk without pickle: ``spec.json`` + ``model.safetensors`` in one directory.
 
 A composite model (:class:`~automl_prune.pruning.composite.CompositeModel`) is a directory holding
-``manifest.json`` (the router's config, the base model and data, metadata) and one such directory per
-part (``part0``, ``part1``, ...); :func:`save_pruned` and :func:`load_pruned` handle both.
+``manifest.json`` (the router's config, the base model and data, metadata), ``router.safetensors`` for a
+router with tensors (a prompt router's heads and codes), and one such directory per part (``part0``,
+``part1``, ...); :func:`save_pruned` and :func:`load_pruned` handle both.
 
 A pruned model is its base architecture (a ``ModelRef`` plus the ``DataInfo`` it was built for) with
 some layers reshaped or dropped. The spec records, for every module that differs from a fresh base
@@ -39,9 +40,10 @@ from automl_prune.errors import CheckpointError, UntrustedCodeError
 from automl_prune.io import dir_mode, file_mode
 from automl_prune.models.base import ModelRef
 from automl_prune.models.registry import build_model, outside_code
-from automl_prune.pruning.composite import CompositeModel, router_from_config
+from automl_prune.pruning.composite import CompositeModel
 from automl_prune.pruning.depth import SkippedBlock
 from automl_prune.pruning.layers import LayerRule, layer_rules, rule_of, type_name
+from automl_prune.pruning.routers import router_from_config
 
 FORMAT = "automl_prune.pruned"
 COMPOSITE_FORMAT = "automl_prune.composite"
@@ -49,6 +51,7 @@ FORMAT_VERSION = 1
 SPEC = "spec.json"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+ROUTER_WEIGHTS = "router.safetensors"
 
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias")
 _CONV_ND = (*_CONV, "padding_mode")
@@ -128,6 +131,8 @@ def save_pruned(
             }
             for name, part in zip(manifest["parts"], model.parts, strict=True):
                 _write_pruned(part, tmp / name, model_ref, info, {})
+            if model.router.state_dict():
+                save_model(model.router, str(tmp / ROUTER_WEIGHTS))
             (tmp / MANIFEST).write_text(_json(manifest, "manifest"))
         else:
             _write_pruned(model, tmp, model_ref, info, metadata or {})
@@ -241,17 +246,24 @@ def load_pruned(path: str | Path, *, trust_code: bool = False) -> nn.Module:
         )
     if spec["format"] == COMPOSITE_FORMAT:
         parts = [load_pruned(Path(path) / name, trust_code=trust_code) for name in spec["parts"]]
-        return CompositeModel(parts, router_from_config(spec["router"])).eval()
+        router = router_from_config(spec["router"])
+        if router.state_dict():
+            _load_weights(router, Path(path) / ROUTER_WEIGHTS)
+        return CompositeModel(parts, router).eval()
     model = _rebuild(spec)
-    weights = Path(path) / WEIGHTS
+    _load_weights(model, Path(path) / WEIGHTS)
+    return model.eval()
+
+
+def _load_weights(module: nn.Module, weights: Path) -> None:
+    """``module``'s tensors from ``weights``, strictly (every tensor, each of its recorded shape)."""
     try:
-        load_model(model, str(weights), strict=True)
+        load_model(module, str(weights), strict=True)
     except (OSError, SafetensorError, RuntimeError) as exc:
         raise CheckpointError(
             f"cannot load {weights}: {type(exc).__name__}: {str(exc)[:300].strip()}",
             "the weights file is missing, truncated or from another model; save the model again",
         ) from exc
-    return model.eval()
 
 
 def _rebuild(spec: dict[str, Any]) -> nn.Module:

@@ -21,7 +21,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from automl_prune.pruning.gumbel import OFFSET, TEMPERATURE, gumbel_sigmoid, hard_threshold
+from automl_prune.pruning.gumbel import (
+    OFFSET,
+    TEMPERATURE,
+    deterministic_gates,
+    gumbel_sigmoid,
+    hard_threshold,
+)
 from automl_prune.pruning.transport import sinkhorn
 
 ROUTING_EPSILON = 0.05  # Sinkhorn's entropy on exp(S / epsilon), the spec's value
@@ -36,13 +42,19 @@ def relax(
     *,
     generator: torch.Generator | None = None,
     hard: bool = False,
+    noise: bool = True,
 ) -> torch.Tensor:
     """GS(.): gates in (0, 1) from (..., L) logits; hard gives 0/1 with straight-through gradients.
 
     Width entries are Gumbel-sigmoid samples; each slice of ``depth_slices`` (along the last dim) is a
     depth part, relaxed to its cumulative product so its keep values never increase (module docstring).
+    ``noise=False`` is inference's decision instead: every entry is 1[l + b >= 0] without noise (depth
+    parts still cumulative), the same for every call and without gradient.
     """
-    soft = gumbel_sigmoid(logits, temperature, offset, hard=False, generator=generator)
+    if noise:
+        soft = gumbel_sigmoid(logits, temperature, offset, hard=False, generator=generator)
+    else:
+        soft = deterministic_gates(logits, offset)
     gates = soft.clone()
     for part in depth_slices:
         if not range(logits.shape[-1])[part]:

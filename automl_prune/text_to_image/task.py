@@ -14,7 +14,10 @@ input. What the condition changes:
   40-epoch base on digits-captions (128 samples): 0.77 at 1.0 (no guidance), 0.90 at 1.5, 0.81 at 2.0,
   0.32 at 3.0 (Stable Diffusion's 7.5 is for a far larger model).
 - FLOPs per denoising step count both guidance passes: twice fvcore's count of one UNet call at batch 1
-  (the text encoder runs once per prompt, not per step, and is not counted).
+  (the text encoder runs once per prompt, not per step, and is not counted). A composite of experts
+  routed by prompt (:class:`~automl_prune.pruning.routers.PromptRouter`) samples each prompt, both
+  guidance passes, with its own expert; its FLOPs are the mean over the report's validation prompts of
+  their experts' FLOPs.
 - Reported beside the quality (not used for selection): Frechet distances of samples generated for the
   first 256 captions of the validation and test splits (prompts unseen in training) to those splits'
   images, on the plain-CNN classifier's features, and ``agreement_<split>``: the share of those samples
@@ -47,6 +50,7 @@ from automl_prune.flops import FLOPS_CONVENTION
 from automl_prune.frechet import encode_in_batches, frechet_distance
 from automl_prune.model_io import Inputs, evaluating
 from automl_prune.progress import Progress
+from automl_prune.pruning.composite import CompositeModel, PromptRouter, groups
 from automl_prune.tasks.base import SPLITS, split_dataset
 from automl_prune.text_to_image.text_encoder import text_encoder
 
@@ -101,23 +105,50 @@ class TextToImageTask(DiffusionTask):
     def generate_for(
         self, model: nn.Module, data: DataSplits, ids: torch.Tensor, *, seed: int = 0, device: torch.device
     ) -> torch.Tensor:
-        """One guided sample per caption id (``len(data.info.extra["captions"])``: the empty caption)."""
+        """One guided sample per caption id (``len(data.info.extra["captions"])``: the empty caption).
+
+        A composite routed by prompt samples each expert's prompts as one group through that expert
+        alone (:func:`experts`), so a prompt's empty-caption prediction comes from its own expert too.
+        The initial noise is drawn for all ``ids`` at once from ``seed``, so with DDIM (deterministic
+        after it) a prompt's sample does not depend on how the prompts are grouped; DDPM's per-step
+        noise is drawn per group.
+        """
         table = caption_states(data).to(device)
-        states = torch.cat([table[-1:].expand(len(ids), -1, -1), table[ids.to(device)]])
+        prompts = table[ids.to(device)]
+        shape = (len(ids), *data.info.input_shape)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+        samples = torch.empty(shape, device=device)
+        with evaluating(model):
+            for expert, rows in experts(model, prompts):
+                states = torch.cat([table[-1:].expand(len(rows), -1, -1), prompts[rows]])
+                samples[rows] = self._guided(expert, states, noise[rows.cpu()], seed, device)
+        return samples
+
+    def _guided(
+        self, model: nn.Module, states: torch.Tensor, noise: torch.Tensor, seed: int, device: torch.device
+    ) -> torch.Tensor:
+        """Samples from ``noise`` with guidance; ``states``: the empty caption's rows, then the prompts'."""
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             empty, captioned = model(torch.cat([x, x]), torch.cat([t, t]), states).sample.chunk(2)
             return empty + self.guidance * (captioned - empty)
 
-        with evaluating(model):
-            return denoise(
-                predict,
-                (len(ids), *data.info.input_shape),
-                sampler_name=self.sampler,
-                steps=self.sample_steps,
-                seed=seed,
-                device=device,
-            )
+        return denoise(
+            predict,
+            tuple(noise.shape),
+            sampler_name=self.sampler,
+            steps=self.sample_steps,
+            seed=seed,
+            device=device,
+            noise=noise,
+        )
+
+    def served_parts(self, model: CompositeModel, data: DataSplits) -> torch.Tensor:
+        """For a composite routed by prompt: the part of each caption the report samples (the first
+        ``fd_samples`` of the validation split), so the FLOPs are the mean per step over those prompts."""
+        if not isinstance(model.router, PromptRouter):
+            return super().served_parts(model, data)
+        return model.router.parts_of(caption_states(data)[caption_ids(data, "val", self.fd_samples)])
 
     def report(
         self, model: nn.Module, data: DataSplits, device: torch.device, progress: Progress
@@ -164,6 +195,14 @@ class TextToImageTask(DiffusionTask):
         title = "; ".join(captions[int(i)] for i in ids[:3]) + " ..."
         path = folder / f"t2i_samples_{uuid.uuid4().hex[:12]}.png"
         return [save_sample_grid(path, rows, title=title)]
+
+
+def experts(model: nn.Module, prompts: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """The models that serve ``prompts`` (token states (B, tokens, D)), each with its rows: the parts of
+    a composite routed by prompt, called directly; any other model serves all rows itself."""
+    if isinstance(model, CompositeModel) and isinstance(model.router, PromptRouter):
+        return [(model.parts[part], rows) for part, rows in groups(model.router.parts_of(prompts))]
+    return [(model, torch.arange(len(prompts), device=prompts.device))]
 
 
 class _Labelled(Dataset):
