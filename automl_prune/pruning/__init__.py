@@ -2,7 +2,8 @@
 
 ``analyze`` finds the channel groups torch-pruning couples; ``ChannelGates`` masks them (after
 normalisation, so masked == sliced); ``ArchitectureGenerator`` + ``gumbel_sigmoid`` propose gates;
-``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates;
+``GatedFlops`` is a differentiable FLOPs count of gates, exact against fvcore for hard gates (one row
+per architecture or one gate vector), ``OrderedDepthFlops`` the same with ordered depth keeps added;
 ``log_hinge``/``log_abs`` turn it into a budget loss; ``keep_for_target`` picks channels by importance
 under a FLOPs target; ``slice_model`` removes channels physically;
 ``repair_to_budget``/``choose``/``slice_checked`` turn generator logits into a checked pruned model
@@ -24,6 +25,7 @@ without pickle;
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.composite import CompositeModel
 from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving, stage_blocks
+from automl_prune.pruning.depth_flops import OrderedDepthFlops
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
     SliceMismatchError,
@@ -72,6 +74,7 @@ __all__ = [
     "DependencyAnalysis",
     "GatedFlops",
     "Member",
+    "OrderedDepthFlops",
     "PromptRouter",
     "Router",
     "SkippedBlock",

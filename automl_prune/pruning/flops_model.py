@@ -11,7 +11,8 @@ the remainder. It is modelled as linear in each group's kept channels, its slope
 copies: one probe at the minimum architecture, and only if the remainder moved, a bisection over the
 groups (a group's slope is non-negative: fewer channels never cost more). A last probe at another
 architecture checks the fit, so an op whose count is not linear in channels is an error, never a
-silently wrong budget.
+silently wrong budget. A related model's slopes (``hint``: the same network with blocks removed) are
+tried first and kept when both probes confirm them, which skips the bisection.
 """
 
 from __future__ import annotations
@@ -34,10 +35,18 @@ class GatedFlops:
 
     ``flops(gates)`` takes ``{key: gate vector}`` (soft or hard; groups left out are open) and returns a
     float64 scalar on the gates' device; for 0/1 gates it equals ``count_flops`` of the sliced model.
-    ``full`` is the count of the unpruned model.
+    A gate may also be (B, size), one architecture per row: then it returns (B,) counts (1-D gates apply
+    to every row). ``full`` is the count of the unpruned model. ``hint``: a FLOPs model of a related
+    model whose remainder slopes are tried first (module doc).
     """
 
-    def __init__(self, model: nn.Module, analysis: DependencyAnalysis, example_input: Inputs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        analysis: DependencyAnalysis,
+        example_input: Inputs,
+        hint: GatedFlops | None = None,
+    ) -> None:
         self.analysis = analysis
         self._offsets = dict(zip(analysis.keys, accumulate(analysis.sizes, initial=0), strict=False))
         counts = _module_counts(model, example_input)
@@ -45,11 +54,11 @@ class GatedFlops:
         self._index_layers(dict(model.named_modules()), counts)
         self._remainder = float(self.full - sum(counts.values()))
         self._slopes = torch.zeros(sum(analysis.sizes), dtype=torch.float64)
-        self._fit_remainder(model, example_input)
+        self._fit_remainder(model, example_input, hint)
 
     def __call__(self, gates: dict[str, torch.Tensor]) -> torch.Tensor:
         dropped = 1 - self._flat(gates)
-        flops = self._layers(dropped) + self._remainder - (self._slopes * dropped).sum()
+        flops = self._layers(dropped) + self._remainder - (self._slopes * dropped).sum(-1)
         return flops.to(next(iter(gates.values())).device if gates else "cpu")
 
     def min_flops(self) -> int:
@@ -57,21 +66,19 @@ class GatedFlops:
         return round(float(self(self._min_gates())))
 
     def _flat(self, gates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """All gates in one CPU float64 vector (the counts exceed float32's exact integers)."""
+        """All gates in one CPU float64 vector, or one row per architecture (the counts exceed float32's
+        exact integers)."""
         unknown = set(gates) - set(self._offsets)
         if unknown:
             raise KeyError(f"no channel groups {sorted(unknown)} in this model")
-        parts = [gates.get(g.key, torch.ones(g.size)) for g in self.analysis]
-        return torch.cat([p.to("cpu", torch.float64) for p in parts])
+        parts = [gates.get(g.key, torch.ones(g.size)).to("cpu", torch.float64) for g in self.analysis]
+        rows = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
+        return torch.cat([p.expand(*rows, p.shape[-1]) for p in parts], dim=-1)
 
     def _layers(self, dropped: torch.Tensor) -> torch.Tensor:
-        kept_in = self._in_total - torch.zeros_like(self._in_total).index_add(
-            0, self._in_rows, dropped[self._in_channels]
-        )
-        kept_out = self._out_total - torch.zeros_like(self._out_total).index_add(
-            0, self._out_rows, dropped[self._out_channels]
-        )
-        return (self._flops * kept_in / self._in_total * kept_out / self._out_total).sum()
+        kept_in = _kept(self._in_total, self._in_rows, dropped[..., self._in_channels])
+        kept_out = _kept(self._out_total, self._out_rows, dropped[..., self._out_channels])
+        return (self._flops * kept_in / self._in_total * kept_out / self._out_total).sum(-1)
 
     def _index_layers(self, modules: dict[str, nn.Module], counts: dict[str, int]) -> None:
         """Per-layer fvcore counts and, per layer side, which gate channels thin it."""
@@ -89,7 +96,7 @@ class GatedFlops:
         self._in_rows, self._in_channels = (torch.tensor(v, dtype=torch.long) for v in sides["in"])
         self._out_rows, self._out_channels = (torch.tensor(v, dtype=torch.long) for v in sides["out"])
 
-    def _fit_remainder(self, model: nn.Module, example_input: Inputs) -> None:
+    def _fit_remainder(self, model: nn.Module, example_input: Inputs, hint: GatedFlops | None) -> None:
         def drop(keys: list[str]) -> float:
             """How much the remainder falls when the groups ``keys`` are cut to one unit."""
             gates = {k: v for k, v in self._min_gates().items() if k in keys}
@@ -97,7 +104,15 @@ class GatedFlops:
             modelled = float(self._layers(1 - self._flat(gates))) + self._remainder
             return modelled - count_flops(sliced, example_input)
 
-        stack = [(self.analysis.keys, drop(self.analysis.keys))]
+        total = drop(self.analysis.keys)
+        if (
+            hint is not None
+            and self._reuse_slopes(hint, total)
+            and self._misfit(model, example_input) is None
+        ):
+            return
+        self._slopes.zero_()
+        stack = [(self.analysis.keys, total)]
         while stack:
             keys, total = stack.pop()
             if total == 0:
@@ -110,14 +125,9 @@ class GatedFlops:
             half = keys[: len(keys) // 2]
             half_total = drop(half)
             stack += [(half, half_total), (keys[len(keys) // 2 :], total - half_total)]
-        self._check_fit(model, example_input)
-
-    def _check_fit(self, model: nn.Module, example_input: Inputs) -> None:
-        """Compare with fvcore at a second architecture: half of every group's units kept."""
-        half = {g.key: _first_units(g, max(g.units // 2, 1)) for g in self.analysis}
-        sliced = slice_model(model, example_input, hard_keep(half), self.analysis)
-        measured, modelled = count_flops(sliced, example_input), float(self(half))
-        if round(modelled) != measured:
+        misfit = self._misfit(model, example_input)
+        if misfit is not None:
+            measured, modelled = misfit
             raise ModelError(
                 f"fvcore counts {measured} FLOPs for a sliced {type(model).__name__} but the gated FLOPs "
                 f"model gives {modelled:.0f}: an op counted outside conv/linear/norm layers is not "
@@ -126,8 +136,33 @@ class GatedFlops:
                 "pass the layers that feed that op in ignored_layers, so their channels stay fixed",
             )
 
+    def _reuse_slopes(self, hint: GatedFlops, total: float) -> bool:
+        """Take ``hint``'s slopes of the groups both models share (same key and size); True if they
+        explain ``total``, the remainder's fall at the minimum architecture."""
+        for group in self.analysis:
+            theirs = hint._offsets.get(group.key)
+            if theirs is not None and hint.analysis[group.key].size == group.size:
+                start = self._offsets[group.key]
+                self._slopes[start : start + group.size] = hint._slopes[theirs : theirs + group.size]
+        return round(float((self._slopes * (1 - self._flat(self._min_gates()))).sum())) == round(total)
+
+    def _misfit(self, model: nn.Module, example_input: Inputs) -> tuple[int, float] | None:
+        """Compare with fvcore at a second architecture, half of every group's units kept: (measured,
+        modelled) if they differ."""
+        half = {g.key: _first_units(g, max(g.units // 2, 1)) for g in self.analysis}
+        sliced = slice_model(model, example_input, hard_keep(half), self.analysis)
+        measured, modelled = count_flops(sliced, example_input), float(self(half))
+        return None if round(modelled) == measured else (measured, modelled)
+
     def _min_gates(self) -> dict[str, torch.Tensor]:
         return {g.key: _first_units(g, 1) for g in self.analysis}
+
+
+def _kept(total: torch.Tensor, rows: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """Channels each layer side keeps: ``total`` less the ``dropped`` gates (..., members) summed into
+    their ``rows``."""
+    removed = dropped.new_zeros(*dropped.shape[:-1], total.numel()).index_add(-1, rows, dropped)
+    return total - removed
 
 
 def _first_units(group: ChannelGroup, units: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from automl_prune.api import Inputs
 from automl_prune.pruning import (
     BlockSkips,
     ChannelGates,
+    OrderedDepthFlops,
     analyze,
     remove_blocks,
     shape_preserving,
@@ -114,3 +116,20 @@ class GatedUNet:
         keep = {k: v > 0.5 for k, v in width.items()}
         sliced = slice_model(self.unet, self.example, keep, self.analysis)
         return remove_blocks(sliced, [b for b, d in depth.items() if float(d) < 0.5])
+
+    def flops(self, vector: torch.Tensor) -> torch.Tensor:
+        """FLOPs of one UNet call at the example's batch for ``vector`` ((L,): a scalar; (batch, L): one
+        per row), differentiable in width and depth entries and equal to ``extract``'s count when hard.
+        The depth entries must not increase (as ``relax`` makes them)."""
+        width, _ = self.split(vector)
+        return self._flops(width, vector[..., self.depth_slice])
+
+    @property
+    def full_flops(self) -> int:
+        """FLOPs of the dense UNet, same convention."""
+        return self._flops.full
+
+    @cached_property
+    def _flops(self) -> OrderedDepthFlops:
+        """Built on first use (one FLOPs model per depth configuration, seconds each), then reused."""
+        return OrderedDepthFlops(self.unet, self.analysis, self.example, self.depth_blocks)
