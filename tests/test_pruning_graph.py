@@ -89,6 +89,13 @@ def test_resnet20_groups_tie_residual_stages_and_gate_after_batchnorm() -> None:
     assert gated and all(isinstance(modules[name], nn.BatchNorm2d) for name in gated)
 
 
+def test_a_frozen_model_has_the_same_groups_and_stays_frozen() -> None:
+    frozen = build("resnet20").requires_grad_(False)
+    frozen.fc.weight.requires_grad_(True)  # partly frozen: only the frozen ones change and come back
+    assert analyze(frozen, example()).keys == analyze(build("resnet20"), example()).keys
+    assert [p.requires_grad for p in frozen.parameters()].count(True) == 1
+
+
 def test_unet_concat_consumers_get_offset_channels() -> None:
     analysis = analyze(build("unet-batch"), example())
     # decoders.1.0 reads cat([up(decoder 0 output: 32 ch), encoder 0 output: 16 ch])

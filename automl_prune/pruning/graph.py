@@ -142,7 +142,10 @@ def analyze(
     import torch_pruning as tp  # heavy (it imports timm and torchvision when installed): loaded on use
 
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # autograd would not trace them
     try:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
         with torch.enable_grad():
             graph = tp.DependencyGraph().build_dependency(
                 model, example_input, output_transform=output_tensors, verbose=False
@@ -154,6 +157,8 @@ def analyze(
         ) from exc
     finally:
         model.train(was_training)
+        for parameter in frozen:
+            parameter.requires_grad_(False)
     ignored = [*(ignored_layers or []), *_output_layers(graph)]
     order = {module: i for i, module in enumerate(model.modules())}
     groups = sorted(graph.get_all_groups(ignored_layers=ignored), key=lambda g: order[g[0].dep.target.module])
