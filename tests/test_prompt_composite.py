@@ -74,7 +74,12 @@ def test_noise_free_relaxation_decides_each_gate_and_keeps_depth_cumulative() ->
     logits = torch.tensor([[0.5, -0.5, -1.0, 2.0], [-0.1, 3.0, 1.0, 2.0]])
     gates = relax(logits, [slice(2, 4)], offset=0.0, hard=True, noise=False)
     assert gates.tolist() == [[1, 0, 0, 0], [0, 1, 1, 1]]  # a closed depth gate closes all after it
-    assert torch.equal(relax(logits, [slice(2, 4)], offset=0.0, noise=False), gates)  # no noise, no sample
+    soft = relax(logits, [slice(2, 4)], offset=0.0, noise=False)  # no noise: the same on every call
+    assert torch.equal(relax(logits, [slice(2, 4)], offset=0.0, noise=False), soft)
+    assert torch.equal((soft[:, :2] >= 0.5).float(), gates[:, :2])
+    trained = logits.clone().requires_grad_(True)  # the decision passes the soft gradient back
+    relax(trained, [slice(2, 4)], offset=0.0, hard=True, noise=False).sum().backward()
+    assert trained.grad is not None and bool((trained.grad != 0).all())
 
 
 def test_prompts_go_to_the_expected_parts_and_each_part_serves_its_rows(data, composite) -> None:

@@ -52,7 +52,14 @@ from automl_prune.pruning.gumbel import (
 from automl_prune.pruning.persistence import load_pruned, read_spec, save_pruned
 from automl_prune.pruning.resource import log_abs, log_hinge
 from automl_prune.pruning.routers import PromptRouter, Router, TimestepRouter
-from automl_prune.pruning.routing import assign, relax, routing_embedding, routing_similarity
+from automl_prune.pruning.routing import (
+    assign,
+    relax,
+    routing_consistency_loss,
+    routing_embedding,
+    routing_similarity,
+    routing_weights,
+)
 from automl_prune.pruning.selection import (
     aligned_units,
     global_keep,
@@ -106,8 +113,10 @@ __all__ = [
     "relax",
     "remove_blocks",
     "repair_to_budget",
+    "routing_consistency_loss",
     "routing_embedding",
     "routing_similarity",
+    "routing_weights",
     "save_pruned",
     "shape_preserving",
     "sinkhorn",

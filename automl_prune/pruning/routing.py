@@ -48,19 +48,32 @@ def relax(
 
     Width entries are Gumbel-sigmoid samples; each slice of ``depth_slices`` (along the last dim) is a
     depth part, relaxed to its cumulative product so its keep values never increase (module docstring).
-    ``noise=False`` is inference's decision instead: every entry is 1[l + b >= 0] without noise (depth
-    parts still cumulative), the same for every call and without gradient.
+    ``noise=False`` is inference's decision instead: a hard entry is 1[l + b >= 0] without noise (depth
+    parts: cumulative decisions), the same for every call, with the gradient of the noise-free soft gates
+    sigmoid((l + b) / T) (cumulative on depth) passed straight through, so a router trained on these
+    decisions is trained on what it will route with.
     """
     if noise:
         soft = gumbel_sigmoid(logits, temperature, offset, hard=False, generator=generator)
     else:
-        soft = deterministic_gates(logits, offset)
-    gates = soft.clone()
+        soft = torch.sigmoid((logits + offset) / temperature)
+    gates = _cumulative(soft, depth_slices)
+    if not hard:
+        return gates
+    if noise:
+        return hard_threshold(gates)
+    decided = _cumulative(deterministic_gates(logits.detach(), offset), depth_slices)
+    return decided + (gates - gates.detach())  # exact 0/1 forward
+
+
+def _cumulative(gates: torch.Tensor, depth_slices: Sequence[slice]) -> torch.Tensor:
+    """``gates`` with each depth part replaced by its cumulative product along the last dim."""
+    out = gates.clone()
     for part in depth_slices:
-        if not range(logits.shape[-1])[part]:
-            raise ValueError(f"depth part {part} selects no gate of {logits.shape[-1]}")
-        gates[..., part] = torch.cumprod(soft[..., part], dim=-1)
-    return hard_threshold(gates) if hard else gates
+        if not range(gates.shape[-1])[part]:
+            raise ValueError(f"depth part {part} selects no gate of {gates.shape[-1]}")
+        out[..., part] = torch.cumprod(gates[..., part], dim=-1)
+    return out
 
 
 def routing_embedding(gates: torch.Tensor, unit_widths: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -94,3 +107,40 @@ def assign(
     """
     scores = scores.detach()
     return (sinkhorn(scores, epsilon, iterations) if balanced else scores).argmax(dim=-1)
+
+
+def routing_weights(
+    scores: torch.Tensor,
+    balanced: bool,
+    epsilon: float = ROUTING_EPSILON,
+    iterations: int = ROUTING_ITERATIONS,
+) -> torch.Tensor:
+    """(N, K) one-hot rows of :func:`assign`'s choice in the forward pass, whose gradient is that of the
+    soft plan (Sinkhorn's if ``balanced``, else the row softmax of S / epsilon): multiplied with the
+    codes' gates, the routed code computes while S, and so the prompt side of the router, learns which
+    code serves a prompt better (straight-through, as for the gates themselves)."""
+    plan = sinkhorn(scores, epsilon, iterations) if balanced else torch.softmax(scores / epsilon, dim=-1)
+    chosen = F.one_hot(plan.detach().argmax(dim=-1), scores.shape[-1]).to(plan.dtype)
+    return chosen + (plan - plan.detach())
+
+
+def routing_consistency_loss(
+    scores: torch.Tensor,
+    balanced: bool,
+    epsilon: float = ROUTING_EPSILON,
+    iterations: int = ROUTING_ITERATIONS,
+) -> torch.Tensor:
+    """Cross-entropy of the row softmax of S / epsilon against the training assignment (the Sinkhorn
+    plan if ``balanced``, else S's own argmax), averaged over rows: SwAV's swapped prediction.
+
+    Training routes by the plan, inference by argmax S; this term teaches S to make the choice the plan
+    makes, so inference routes prompts as training did. Without balancing the target is S's own
+    argmax, which only sharpens whatever code already wins: the collapse optimal transport prevents.
+    """
+    with torch.no_grad():
+        target = (
+            sinkhorn(scores, epsilon, iterations)
+            if balanced
+            else F.one_hot(scores.argmax(dim=-1), scores.shape[-1]).to(scores.dtype)
+        )
+    return -(target * torch.log_softmax(scores / epsilon, dim=-1)).sum(-1).mean()

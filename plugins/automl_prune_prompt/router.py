@@ -75,6 +75,40 @@ class ArchitectureCodes(nn.Module):
         """The (K, L) code logits."""
         return self.weight
 
+    @torch.no_grad()
+    def start_from(
+        self, logits: torch.Tensor, embeddings: torch.Tensor, *, iterations: int = 10, seed: int = 0
+    ) -> torch.Tensor:
+        """Restart the codes at the K groups of prompts' architectures: k-means (cosine, k-means++ seeds)
+        on the routing ``embeddings`` (N, L) of the prompts' gate ``logits`` (N, L); each code becomes
+        its group's mean logits. Returns each prompt's group.
+
+        Used after the predictor's warm-up: orthogonal codes start dense and alike (their deployed gates
+        all open), so argmax routing at inference sent every prompt to one code even when training
+        spread them by optimal transport; codes that start where groups of prompts already are keep
+        each prompt nearest the code it trains with.
+        """
+        generator = torch.Generator().manual_seed(seed)
+        k = len(self.weight)
+        centres = embeddings[torch.randint(len(embeddings), (1,), generator=generator)]
+        while len(centres) < k:  # k-means++: far from the chosen centres, by cosine distance
+            distance = (1 - embeddings @ centres.T).min(dim=1).values.clamp(min=0)
+            weights = distance if float(distance.sum()) > 0 else torch.ones_like(distance)
+            centres = torch.cat([centres, embeddings[torch.multinomial(weights, 1, generator=generator)]])
+        for _ in range(iterations):
+            groups = (embeddings @ centres.T).argmax(dim=1)
+            centres = torch.stack(
+                [
+                    F.normalize(embeddings[groups == j].mean(0), dim=0) if (groups == j).any() else centres[j]
+                    for j in range(k)
+                ]
+            )
+        groups = (embeddings @ centres.T).argmax(dim=1)
+        for j in range(k):
+            if (groups == j).any():
+                self.weight[j] = logits[groups == j].mean(0)
+        return groups
+
 
 def contrastive_loss(
     prompt_embeddings: torch.Tensor,

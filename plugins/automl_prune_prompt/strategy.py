@@ -1,0 +1,114 @@
+"""The ``prompt`` strategy (APTP, methods/prompt.md): a trial trains the router on the frozen base UNet,
+routes the training prompts, slices and fine-tunes one expert per used code and returns the composite.
+
+The budget is the mean FLOPs per guided denoising step over the routed prompts, as a fraction of the
+base's (both guidance passes run through the prompt's expert, so the ratio is the same per UNet call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from automl_prune.api import Candidate, Context, Inputs, Strategy, builtin_space_path
+from automl_prune.pruning import CompositeModel
+from automl_prune_prompt.distill import DistillWeights
+from automl_prune_prompt.experts import extract_experts, finetune_expert, meet_budget, used_codes
+from automl_prune_prompt.gated_unet import GatedUNet
+from automl_prune_prompt.training import RouterSettings, train_router
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def caption_batches(context: Context, dataset: Dataset, *, training: bool, seed: int) -> Batches:
+    """Endless shuffled batches of (x0 in [-1, 1], caption token states) of ``dataset``, through the
+    task's own hooks (``training``: with its caption dropout, for the unconditional prediction)."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=context.batch_size, shuffle=True, generator=generator)
+    task, data, device = context.task, context.data, context.device
+    while True:
+        for batch in loader:
+            (states,) = task.condition(batch, data, device, training=training)
+            yield task.images(batch, data, device), states
+
+
+def all_states(context: Context, dataset: Dataset) -> torch.Tensor:
+    """The caption token states of every item of ``dataset``, in order."""
+    task, data, device = context.task, context.data, context.device
+    loader = DataLoader(dataset, batch_size=256)
+    return torch.cat([task.condition(batch, data, device)[0] for batch in loader])
+
+
+def settings_of(params: dict[str, Any], batch_size: int) -> RouterSettings:
+    return RouterSettings(
+        n_codes=int(params["n_codes"]),
+        steps=int(params["router_steps"]),
+        warmup_steps=int(params["warmup_steps"]),
+        lr=float(params["router_lr"]),
+        batch_size=batch_size,
+        balanced=bool(params["balanced"]),
+        distill=DistillWeights(1.0, float(params["w_output"]), float(params["w_block"])),
+        resource=float(params["w_resource"]),
+        contrastive=float(params["w_contrastive"]),
+        spread=float(params["w_spread"]),
+        max_size=float(params["w_max_size"]),
+    )
+
+
+class PromptStrategy(Strategy):
+    name = "prompt"
+    tasks = ("text-to-image",)
+    space = builtin_space_path("prompt")
+    description = "prompt-routed experts: a router sends each prompt to one of K learned architectures"
+
+    def run(self, context: Context, params: dict[str, Any], artifacts: dict[str, Any]) -> Candidate:
+        dense = context.model.eval()
+        gated = GatedUNet(dense, context.example_input(1))
+        ratio = context.budget_ratio(params)
+        architectures, history = train_router(
+            gated,
+            caption_batches(context, context.data.train, training=False, seed=context.seed),
+            ratio,
+            settings_of(params, context.batch_size),
+            seed=context.seed,
+            progress=context.progress,
+        )
+        states = all_states(context, context.data.train)
+        routed_ratio = meet_budget(architectures, gated, states, ratio)
+        used, parts = used_codes(architectures.router(), states)
+        experts = extract_experts(gated, architectures.code_gates()[used], self._check_input(context))
+        for j, (code, expert) in enumerate(
+            context.progress.bar(list(zip(used, experts, strict=True)), "experts (fine-tuning)")
+        ):
+            mine = Subset(context.data.train, torch.nonzero(parts == code).flatten().tolist())
+            finetune_expert(
+                expert,
+                dense,
+                caption_batches(context, mine, training=True, seed=context.seed + j),
+                steps=int(params["finetune_steps"]),
+                lr=float(params["lr"]),
+                seed=context.seed + j,
+            )
+        composite = CompositeModel(experts, architectures.router(used)).eval()
+        flops = [context.flops(e) for e in experts]
+        spec = {
+            "codes_used": used,
+            "train_items_per_expert": [int((parts == c).sum()) for c in used],
+            "flops_per_expert": flops,
+            "flops_ratio_per_expert": [f / context.base_flops for f in flops],
+            "train_prompts_flops_ratio": routed_ratio,
+            "router_final": history[-1] if history else {},
+            "balanced": bool(params["balanced"]),
+        }
+        return context.finish(
+            composite, params, target_flops=context.target_flops(params), spec=spec, finetune=False
+        )
+
+    @staticmethod
+    def _check_input(context: Context) -> Inputs:
+        sample, t, states = context.example_input(2)
+        noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(0)).to(sample.device)
+        return noise, t, states

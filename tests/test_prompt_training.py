@@ -1,0 +1,103 @@
+"""APTP's router training and experts on a small conditional UNet: the mean FLOPs ratio reaches its
+target, optimal transport keeps the codes in use where argmax routing collapses, experts keep the dense
+weights and match the gated UNet, and fine-tuning lowers an expert's loss."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import cycle
+
+import pytest
+import torch
+from automl_prune_prompt.experts import extract_experts, finetune_expert, meet_budget
+from automl_prune_prompt.gated_unet import GatedUNet
+from automl_prune_prompt.training import RouterSettings, train_router
+from torch.utils.data import DataLoader, Subset
+
+from automl_prune.data.registry import load_dataset
+from automl_prune.progress import Progress
+from automl_prune.text_to_image.models import TINY, t2i_unet
+from automl_prune.text_to_image.task import TextToImageTask
+
+pytest.importorskip("transformers")
+
+SMALL = {**TINY, "block_out_channels": (16, 16, 16), "norm_num_groups": 4}
+QUIET = Progress(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[GatedUNet, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    data = load_dataset("digits-captions", size=16)
+    task = TextToImageTask()
+    torch.manual_seed(0)
+    unet = t2i_unet(data.info, SMALL).eval()
+    loader = DataLoader(Subset(data.train, range(256)), batch_size=16, shuffle=True)
+    cpu = torch.device("cpu")
+    batches = [(task.images(b, data, cpu), task.condition(b, data, cpu)[0]) for b in loader]
+    val = next(iter(DataLoader(data.val, batch_size=len(data.val))))
+    return GatedUNet(unet, task.example_input(data, 1)), batches, task.condition(val, data, cpu)[0]
+
+
+def endless(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    return iter(cycle(batches))
+
+
+def routed_counts(gated, batches, architectures) -> torch.Tensor:
+    states = torch.cat([s for _, s in batches])
+    return torch.bincount(
+        architectures.router().parts_of(states), minlength=architectures.codes.weight.shape[0]
+    )
+
+
+def test_router_training_reaches_the_mean_flops_target_and_validation_prompts_meet_it(setup) -> None:
+    gated, batches, val_states = setup
+    settings = RouterSettings(n_codes=2, steps=80, warmup_steps=30)
+    architectures, history = train_router(gated, endless(batches), 0.6, settings, seed=0, progress=QUIET)
+    assert history[0]["ratio"] > 0.8  # gates start open but for the Gumbel noise
+    assert sum(h["ratio"] for h in history[-10:]) / 10 < 0.7  # on its way to the target
+    assert sum(h["resource"] for h in history[-10:]) < sum(h["resource"] for h in history[:10])
+    train_states = torch.cat([s for _, s in batches])
+    assert 0.57 <= meet_budget(architectures, gated, train_states, 0.6) <= 0.6
+    codes = architectures.code_gates()
+    assert set(codes.unique().tolist()) <= {0.0, 1.0}
+    assert bool((codes[:, gated.depth_slice].diff(dim=-1) <= 0).all())  # depth stays ordered
+    parts = architectures.router().parts_of(val_states)  # captions never seen in training
+    costs = gated.flops(codes).double() / gated.full_flops
+    assert abs(float(costs[parts].mean()) / 0.6 - 1) <= 0.05
+
+
+def test_optimal_transport_keeps_codes_in_use_where_argmax_collapses(setup) -> None:
+    gated, batches, _ = setup
+    counts = {}
+    for balanced in (True, False):
+        settings = RouterSettings(n_codes=4, steps=80, warmup_steps=30, balanced=balanced)
+        architectures, _ = train_router(gated, endless(batches), 0.6, settings, seed=0, progress=QUIET)
+        counts[balanced] = routed_counts(gated, batches, architectures)
+    assert int((counts[True] > 0).sum()) >= 2, counts
+    assert int((counts[False] > 0).sum()) == 1, counts
+
+
+def test_experts_keep_the_dense_weights_and_match_the_gated_unet(setup) -> None:
+    gated, batches, _ = setup
+    settings = RouterSettings(n_codes=2, steps=40, warmup_steps=10)
+    architectures, _ = train_router(gated, endless(batches), 0.5, settings, seed=1, progress=QUIET)
+    x0, states = batches[0]
+    check = (torch.randn(2, *x0.shape[1:]), torch.tensor([10, 900]), states[:2])
+    experts = extract_experts(gated, architectures.code_gates(), check)  # raises if they differ
+    dense = dict(gated.unet.named_parameters())
+    for expert in experts:
+        assert sum(p.numel() for p in expert.parameters()) < sum(p.numel() for p in dense.values())
+        for name, weight in expert.named_parameters():
+            assert bool(torch.isin(weight, dense[name]).all()), name  # kept weights are the dense ones
+
+
+def test_finetuning_lowers_an_experts_loss(setup) -> None:
+    gated, batches, _ = setup
+    code = torch.ones(gated.length)
+    code[gated.depth_slice.stop - 1] = 0.0  # the mid block removed
+    (expert,) = extract_experts(
+        gated, code[None], (torch.randn(1, 1, 16, 16), torch.tensor([5]), batches[0][1][:1])
+    )
+    losses = finetune_expert(expert, gated.unet, endless(batches[:1]), steps=40, lr=3e-3, seed=0)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert not expert.training
