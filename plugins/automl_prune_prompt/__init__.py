@@ -11,7 +11,9 @@ share a code are batched through one pruned UNet.
 - ``distill.py``: min-SNR denoising plus output and stage distillation from the dense UNet;
 - ``training.py``: the router's training loop with the UNet frozen (warm-up, then routed codes);
 - ``experts.py``: experts sliced from the loaded dense UNet, checked, fine-tuned on their prompts;
-- ``strategy.py``: a trial: router, routing, experts, the composite behind the core's ``PromptRouter``.
+- ``strategy.py``: a trial: router, routing, experts, the composite behind the core's ``PromptRouter``;
+- ``report.py`` and ``figures.py``: prompts by expert, expert sizes against the prompts' difficulty, and
+  samples per expert.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from automl_prune.pruning import CompositeModel
 from automl_prune_prompt.distill import DistillWeights
 from automl_prune_prompt.experts import extract_experts, finetune_expert, meet_budget, used_codes
 from automl_prune_prompt.gated_unet import GatedUNet
+from automl_prune_prompt.report import difficulty, expert_figures
 from automl_prune_prompt.training import RouterSettings, train_router
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
@@ -42,12 +43,23 @@ def all_states(context: Context, dataset: Dataset) -> torch.Tensor:
     return torch.cat([task.condition(batch, data, device)[0] for batch in loader])
 
 
+def split_steps(total: int, counts: list[int]) -> list[int]:
+    """``total`` fine-tuning steps shared by the experts in proportion to their training items (largest
+    remainders), so K experts together get the fine-tuning one pruned model would."""
+    shares = [total * c / sum(counts) for c in counts]
+    steps = [int(s) for s in shares]
+    for j in sorted(range(len(counts)), key=lambda j: steps[j] - shares[j])[: total - sum(steps)]:
+        steps[j] += 1
+    return steps
+
+
 def settings_of(params: dict[str, Any], batch_size: int) -> RouterSettings:
     return RouterSettings(
         n_codes=int(params["n_codes"]),
         steps=int(params["router_steps"]),
         warmup_steps=int(params["warmup_steps"]),
         lr=float(params["router_lr"]),
+        code_lr_scale=float(params["code_lr_scale"]),
         batch_size=batch_size,
         balanced=bool(params["balanced"]),
         distill=DistillWeights(1.0, float(params["w_output"]), float(params["w_block"])),
@@ -55,6 +67,7 @@ def settings_of(params: dict[str, Any], batch_size: int) -> RouterSettings:
         contrastive=float(params["w_contrastive"]),
         spread=float(params["w_spread"]),
         max_size=float(params["w_max_size"]),
+        routing=float(params["w_routing"]),
     )
 
 
@@ -80,6 +93,8 @@ class PromptStrategy(Strategy):
         routed_ratio = meet_budget(architectures, gated, states, ratio)
         used, parts = used_codes(architectures.router(), states)
         experts = extract_experts(gated, architectures.code_gates()[used], self._check_input(context))
+        counts = [int((parts == c).sum()) for c in used]
+        steps = split_steps(int(params["finetune_steps"]), counts)
         for j, (code, expert) in enumerate(
             context.progress.bar(list(zip(used, experts, strict=True)), "experts (fine-tuning)")
         ):
@@ -88,23 +103,34 @@ class PromptStrategy(Strategy):
                 expert,
                 dense,
                 caption_batches(context, mine, training=True, seed=context.seed + j),
-                steps=int(params["finetune_steps"]),
+                steps=steps[j],
                 lr=float(params["lr"]),
                 seed=context.seed + j,
             )
         composite = CompositeModel(experts, architectures.router(used)).eval()
         flops = [context.flops(e) for e in experts]
+        ratios = [f / context.base_flops for f in flops]
+        expert_of = torch.tensor([used.index(int(c)) for c in parts])
+        hardness = difficulty(context, dense, context.data.train, expert_of, len(used))
+        figures = expert_figures(context, experts, composite.router, ratios, counts, hardness, ratio)
         spec = {
             "codes_used": used,
-            "train_items_per_expert": [int((parts == c).sum()) for c in used],
+            "train_items_per_expert": counts,
+            "finetune_steps_per_expert": steps,
             "flops_per_expert": flops,
-            "flops_ratio_per_expert": [f / context.base_flops for f in flops],
+            "flops_ratio_per_expert": ratios,
+            "difficulty_per_expert": hardness,
             "train_prompts_flops_ratio": routed_ratio,
             "router_final": history[-1] if history else {},
             "balanced": bool(params["balanced"]),
         }
         return context.finish(
-            composite, params, target_flops=context.target_flops(params), spec=spec, finetune=False
+            composite,
+            params,
+            target_flops=context.target_flops(params),
+            spec=spec,
+            figures=figures,
+            finetune=False,
         )
 
     @staticmethod
