@@ -4,6 +4,7 @@ weights and match the gated UNet, and fine-tuning lowers an expert's loss."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from itertools import cycle
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from automl_prune_prompt.experts import extract_experts, finetune_expert, meet_budget
 from automl_prune_prompt.gated_unet import GatedUNet
-from automl_prune_prompt.training import RouterSettings, train_router
+from automl_prune_prompt.training import PromptArchitectures, RouterSettings, train_router
 from torch.utils.data import DataLoader, Subset
 
 from automl_prune.data.registry import load_dataset
@@ -42,21 +43,36 @@ def endless(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[
     return iter(cycle(batches))
 
 
-def routed_counts(gated, batches, architectures) -> torch.Tensor:
+def routed_counts(batches, architectures) -> torch.Tensor:
     states = torch.cat([s for _, s in batches])
     return torch.bincount(
         architectures.router().parts_of(states), minlength=architectures.codes.weight.shape[0]
     )
 
 
-def test_router_training_reaches_the_mean_flops_target_and_validation_prompts_meet_it(setup) -> None:
-    gated, batches, val_states = setup
-    settings = RouterSettings(n_codes=2, steps=80, warmup_steps=30)
+def trained(setup, balanced: bool) -> tuple[PromptArchitectures, list[dict[str, float]], torch.Tensor]:
+    """A router of 4 codes after 80 steps (30 of warm-up) at target 0.6, and its routing of the batches."""
+    gated, batches, _ = setup
+    settings = RouterSettings(n_codes=4, steps=80, warmup_steps=30, balanced=balanced)
     architectures, history = train_router(gated, endless(batches), 0.6, settings, seed=0, progress=QUIET)
+    return architectures, history, routed_counts(batches, architectures)
+
+
+@pytest.fixture(scope="module")
+def balanced(setup) -> tuple[PromptArchitectures, list[dict[str, float]], torch.Tensor]:
+    return trained(setup, balanced=True)
+
+
+def test_router_training_reaches_the_mean_flops_target_and_validation_prompts_meet_it(
+    setup, balanced
+) -> None:
+    gated, batches, val_states = setup
+    architectures, history, _ = balanced
     assert history[0]["ratio"] > 0.8  # gates start open but for the Gumbel noise
     assert sum(h["ratio"] for h in history[-10:]) / 10 < 0.7  # on its way to the target
     assert sum(h["resource"] for h in history[-10:]) < sum(h["resource"] for h in history[:10])
     train_states = torch.cat([s for _, s in batches])
+    architectures = copy.deepcopy(architectures)  # meet_budget shifts the codes
     assert 0.57 <= meet_budget(architectures, gated, train_states, 0.6) <= 0.6
     codes = architectures.code_gates()
     assert set(codes.unique().tolist()) <= {0.0, 1.0}
@@ -66,21 +82,16 @@ def test_router_training_reaches_the_mean_flops_target_and_validation_prompts_me
     assert abs(float(costs[parts].mean()) / 0.6 - 1) <= 0.05
 
 
-def test_optimal_transport_keeps_codes_in_use_where_argmax_collapses(setup) -> None:
-    gated, batches, _ = setup
-    counts = {}
-    for balanced in (True, False):
-        settings = RouterSettings(n_codes=4, steps=80, warmup_steps=30, balanced=balanced)
-        architectures, _ = train_router(gated, endless(batches), 0.6, settings, seed=0, progress=QUIET)
-        counts[balanced] = routed_counts(gated, batches, architectures)
-    assert int((counts[True] > 0).sum()) >= 2, counts
-    assert int((counts[False] > 0).sum()) == 1, counts
+def test_optimal_transport_keeps_codes_in_use_where_argmax_collapses(setup, balanced) -> None:
+    _, _, with_ot = balanced
+    _, _, without_ot = trained(setup, balanced=False)
+    assert int((with_ot > 0).sum()) >= 2, with_ot
+    assert int((without_ot > 0).sum()) == 1, without_ot
 
 
-def test_experts_keep_the_dense_weights_and_match_the_gated_unet(setup) -> None:
+def test_experts_keep_the_dense_weights_and_match_the_gated_unet(setup, balanced) -> None:
     gated, batches, _ = setup
-    settings = RouterSettings(n_codes=2, steps=40, warmup_steps=10)
-    architectures, _ = train_router(gated, endless(batches), 0.5, settings, seed=1, progress=QUIET)
+    architectures, _, _ = balanced
     x0, states = batches[0]
     check = (torch.randn(2, *x0.shape[1:]), torch.tensor([10, 900]), states[:2])
     experts = extract_experts(gated, architectures.code_gates(), check)  # raises if they differ

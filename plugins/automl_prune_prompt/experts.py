@@ -77,7 +77,6 @@ def meet_budget(
     states: torch.Tensor,
     target_ratio: float,
     *,
-    rounds: int = 3,
     iterations: int = 40,
 ) -> float:
     """Shift every code's logits by one offset so that the prompts with token ``states``, routed to the
@@ -87,28 +86,22 @@ def meet_budget(
     Training meets the target with Gumbel-noisy gates, deployment decides without noise, and the two
     differ where a logit sits near the threshold. One shift for all codes closes (or opens) the gates
     nearest their threshold first and keeps the codes' differences. Routing depends on the codes, so
-    it is redone and the shift refitted ``rounds`` times.
+    every candidate shift is routed anew; the bisection keeps a shift that meets the target.
     """
     logits = architectures.codes.weight.detach().clone()
 
-    def mean_ratio(shift: float, counts: torch.Tensor) -> float:
-        costs = gated.flops(architectures.deploy(logits + shift)).detach().double().cpu()
+    def mean_ratio(shift: float) -> float:
+        architectures.codes.weight.data.copy_(logits + shift)
+        counts = torch.bincount(architectures.router().parts_of(states).cpu(), minlength=len(logits))
+        costs = gated.flops(architectures.code_gates()).detach().double().cpu()
         return float((counts * costs).sum() / counts.sum()) / gated.full_flops
 
-    def routed_counts() -> torch.Tensor:
-        return torch.bincount(architectures.router().parts_of(states).cpu(), minlength=len(logits)).double()
-
-    low = -float(logits.abs().max()) - 20.0  # every gate closed below, every gate open at -low
-    shift = 0.0
-    for _ in range(rounds):
-        counts = routed_counts()
-        lo, hi = low, -low
-        for _ in range(iterations):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if mean_ratio(mid, counts) <= target_ratio else (lo, mid)
-        shift = lo
-        architectures.codes.weight.data.copy_(logits + shift)
-    return mean_ratio(shift, routed_counts())
+    lo = -float(logits.abs().max()) - 20.0  # every gate closed here, every gate open at -lo
+    hi = -lo
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean_ratio(mid) <= target_ratio else (lo, mid)
+    return mean_ratio(lo)
 
 
 def used_codes(router: PromptRouter, states: torch.Tensor) -> tuple[list[int], torch.Tensor]:
