@@ -72,3 +72,32 @@ def test_sd21_unet_prunes_heads_feed_forward_and_norm_groups_masked_equals_slice
                 sliced(*(p[i : i + 1] for p in batch)).sample, together[i : i + 1], rtol=1e-3, atol=1e-4
             )
         assert sum(p.numel() for p in sliced.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_sd21_unet_is_routed_per_prompt_and_its_experts_sliced_with_depth() -> None:
+    """APTP's gated UNet, router and expert extraction on the SD 2.1 architecture: codes with closed
+    width units and depth blocks route prompts and slice into experts equal to the gated UNet."""
+    from automl_prune_prompt.experts import extract_experts
+    from automl_prune_prompt.gated_unet import GatedUNet
+    from automl_prune_prompt.training import PromptArchitectures
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(sample_size=LATENT, **SD21).eval()
+    tokens = torch.randn(4, 77, 1024)
+    gated = GatedUNet(model, (torch.zeros(1, 4, LATENT, LATENT), torch.tensor([500]), tokens[:1]))
+    assert gated.depth_blocks[-1].startswith("mid_block") and len(gated.depth_blocks) == 5
+    architectures = PromptArchitectures(gated, embedding_dim=1024, n_codes=2)
+    with torch.no_grad():
+        logits = torch.randn(2, gated.length, generator=torch.Generator().manual_seed(1)) - 2.0
+        logits[:, gated.depth_slice] = torch.tensor([[9.0] * (len(gated.depth_blocks) - 2) + [-9.0, -9.0]])
+        architectures.codes.weight.copy_(logits)
+    codes = architectures.code_gates()
+    assert bool((codes[:, gated.depth_slice].sum(1) == len(gated.depth_blocks) - 2).all())
+    parts = architectures.router().parts_of(tokens)
+    assert parts.shape == (4,) and set(parts.tolist()) <= {0, 1}
+    check = (torch.randn(1, 4, LATENT, LATENT), torch.tensor([300]), tokens[:1])
+    experts = extract_experts(gated, codes, check)  # refused unless each equals the gated UNet
+    dense = sum(p.numel() for p in model.parameters())
+    assert all(sum(p.numel() for p in e.parameters()) < 0.8 * dense for e in experts)
