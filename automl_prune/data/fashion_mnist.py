@@ -83,7 +83,8 @@ def find_files(root: str | Path | None = None, *, download: bool = True) -> Path
     return _download(downloads)
 
 
-def _load(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's (images (N, 1, 28, 28) in [0, 1], labels) from the folder :func:`find_files` gave."""
     images_file, labels_file = FILES[split]
     images = torch.from_numpy(read_idx(folder / images_file).copy())
     labels = torch.from_numpy(read_idx(folder / labels_file).astype(np.int64))
@@ -108,7 +109,7 @@ def fashion_mnist(
     ``norm`` or ``mean``/``std`` say otherwise; not augmented by default (as digits: small images).
     """
     folder = find_files(arg or root, download=download)
-    train_images, train_labels = _load(folder, "train")
+    train_images, train_labels = load_split(folder, "train")
     holdout = (val_size,) if limit_train is None else (val_size, limit_train)
     parts = seeded_split(len(train_labels), holdout, seed=seed, labels=train_labels.numpy())
     train_idx, val_idx = (parts[0], parts[1]) if limit_train is None else (parts[2], parts[1])
@@ -117,7 +118,7 @@ def fashion_mnist(
         [
             (train_images[train_idx], train_labels[train_idx]),
             (train_images[val_idx], train_labels[val_idx]),
-            _load(folder, "test"),
+            load_split(folder, "test"),
         ],
         num_classes=10,
         size=size,

@@ -3,12 +3,15 @@ measured stroke attributes and its label ("a bold right-leaning handwritten seve
 made by caption, so val and test prompts never appear in training.
 
 The measurement (:func:`stroke_attributes`) and the words (:func:`describe`) work on any image size,
-so the same cut points that labelled the data judge whether a generated image shows its caption.
+so the same cut points that labelled the data judge whether a generated image shows its caption. The
+other captioned datasets (:mod:`.fashion_captions`, :mod:`.photo_captions`) share the tertile words
+(:func:`measured_words`), the option checks and the split by caption (:func:`captioned_splits`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,19 +60,51 @@ def tertiles(values: torch.Tensor) -> list[float]:
     return cuts.tolist()
 
 
-def attribute_words(attribute: str, values: torch.Tensor, cuts: Sequence[float]) -> list[str]:
-    """Measured ``attribute`` values -> its words (:data:`ATTRIBUTE_WORDS`): low up to ``cuts[0]``,
-    middle up to ``cuts[1]``, high above."""
-    bins = torch.bucketize(values.double(), torch.tensor(cuts, dtype=torch.float64))
-    return [ATTRIBUTE_WORDS[attribute][i] for i in bins.tolist()]
+def attribute_words(
+    words: Sequence[str], values: torch.Tensor, cuts: Sequence[float] | torch.Tensor
+) -> list[str]:
+    """Measured values -> their ``words`` (low, middle, high): low up to ``cuts[0]``, middle up to
+    ``cuts[1]``, high above. ``cuts`` is one pair for all values, or one pair per value (N, 2)."""
+    bins = (values.double().unsqueeze(-1) > torch.as_tensor(cuts, dtype=torch.float64)).sum(-1)
+    return [words[i] for i in bins.tolist()]
 
 
-def describe(images: torch.Tensor, thresholds: dict[str, Sequence[float]]) -> list[tuple[str, str]]:
+def measured_words(
+    measured: dict[str, torch.Tensor],
+    thresholds: dict[str, Any],
+    vocabulary: dict[str, tuple[str, str, str]],
+) -> list[tuple[str, ...]]:
+    """Per-image words, one per attribute of ``vocabulary`` in its order, cut at ``thresholds``."""
+    columns = [attribute_words(words, measured[name], thresholds[name]) for name, words in vocabulary.items()]
+    return list(zip(*columns, strict=True))
+
+
+def tertiles_by_label(
+    measured: dict[str, torch.Tensor], labels: torch.Tensor, num_classes: int
+) -> dict[str, list[list[float]]]:
+    """Each attribute's tertile cut points within each label: ``[attribute][label] = [low, high]``, so
+    "small" means small for an ankle boot, not small among all garments."""
+    return {
+        name: [tertiles(values[labels == label]) for label in range(num_classes)]
+        for name, values in measured.items()
+    }
+
+
+def words_by_label(
+    measured: dict[str, torch.Tensor],
+    thresholds: dict[str, list[list[float]]],
+    labels: torch.Tensor,
+    vocabulary: dict[str, tuple[str, str, str]],
+) -> list[tuple[str, ...]]:
+    """:func:`measured_words` with each image cut at its label's points (:func:`tertiles_by_label`)."""
+    per_image = {name: torch.tensor(cuts, dtype=torch.float64)[labels] for name, cuts in thresholds.items()}
+    return measured_words(measured, per_image, vocabulary)
+
+
+def describe(images: torch.Tensor, thresholds: dict[str, Sequence[float]]) -> list[tuple[str, ...]]:
     """Images (N, 1, H, W) in [0, 1] -> (thickness word, slant word) per image, by ``thresholds``
     (``info.extra["attributes"]``), e.g. to check a generated image against its caption."""
-    measured = stroke_attributes(images)
-    words = [attribute_words(name, measured[name], thresholds[name]) for name in ATTRIBUTE_WORDS]
-    return list(zip(*words, strict=True))  # type: ignore[arg-type]
+    return measured_words(stroke_attributes(images), thresholds, ATTRIBUTE_WORDS)
 
 
 def caption(thickness: str, slant: str, digit: int) -> str:
@@ -78,16 +113,78 @@ def caption(thickness: str, slant: str, digit: int) -> str:
     return f"a {thickness} {slant} handwritten {DIGIT_WORDS[digit]}"
 
 
-def split_prompts(digit_of: np.ndarray, unseen: float, seed: int) -> list[np.ndarray]:
+def split_prompts(label_of: np.ndarray, unseen: float, seed: int) -> list[np.ndarray]:
     """Caption ids -> [train, val, test] ids: ``unseen`` of them held out (at least one each for val and
-    test, half each), drawn by ``seed`` and stratified by digit. A digit left without a training caption
-    gets its lowest held-out caption back, so every digit can be learnt."""
-    held = max(2, round(unseen * len(digit_of)))
-    train, val, test = seeded_split(len(digit_of), (held // 2, held - held // 2), seed=seed, labels=digit_of)
+    test, half each), drawn by ``seed`` and stratified by the captions' label. A label left without a
+    training caption gets its lowest held-out caption back, so every label can be learnt."""
+    held = max(2, round(unseen * len(label_of)))
+    train, val, test = seeded_split(len(label_of), (held // 2, held - held // 2), seed=seed, labels=label_of)
     held_out = np.concatenate([val, test])
-    missing = sorted(set(digit_of[held_out].tolist()) - set(digit_of[train].tolist()))
-    back = [held_out[digit_of[held_out] == digit].min() for digit in missing]
+    missing = sorted(set(label_of[held_out].tolist()) - set(label_of[train].tolist()))
+    back = [held_out[label_of[held_out] == label].min() for label in missing]
     return [np.union1d(train, back), np.setdiff1d(val, back), np.setdiff1d(test, back)]
+
+
+def reject_argument(name: str, arg: str | None) -> None:
+    """Datasets built from packaged data take no ``name:ARG``."""
+    if arg:
+        raise DataError(f"the {name} dataset takes no argument, got {arg!r}", f"use --data {name}")
+
+
+def check_options(name: str, unseen: object, preprocess: ImageOptions) -> None:
+    """The options every captioned dataset shares: ``unseen`` in range, no augmentation."""
+    if isinstance(unseen, bool) or not isinstance(unseen, int | float) or not 0 < unseen <= MAX_UNSEEN:
+        raise DataError(
+            f"unseen={unseen!r} is outside (0, {MAX_UNSEEN}]",
+            "unseen is the fraction of the captions held out for val and test, e.g. --data-arg unseen=0.2",
+        )
+    if preprocess.augment:
+        raise DataError(
+            "augment=true would flip and crop the images, so they would no longer show their captions",
+            f"leave augment off for {name}",
+        )
+
+
+def captioned_splits(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    texts: list[str],
+    *,
+    num_classes: int,
+    size: int,
+    seed: int,
+    unseen: float,
+    text_encoder: str,
+    preprocess: ImageOptions,
+    extra: dict[str, Any],
+) -> DataSplits:
+    """Images in [0, 1] with their labels and caption texts -> ``(image, caption_id, label)`` splits made
+    by caption (:func:`split_prompts`). ``info.extra`` gets ``captions`` (every caption, sorted: what
+    ``caption_id`` indexes), ``prompts`` (the caption ids of each split), ``seed``, ``unseen`` and
+    ``text_encoder`` (the encoder spec, :mod:`.text_encoder`) beside the dataset's own ``extra``."""
+    label_by_text = dict(zip(texts, labels.tolist(), strict=True))
+    captions = sorted(label_by_text)
+    index = {text: i for i, text in enumerate(captions)}
+    caption_ids = torch.tensor([index[text] for text in texts])
+    prompts = split_prompts(np.array([label_by_text[text] for text in captions]), unseen, seed)
+    parts = [np.flatnonzero(np.isin(caption_ids.numpy(), ids)) for ids in prompts]
+    return tensor_splits(
+        name,
+        [(images[idx], caption_ids[idx], labels[idx]) for idx in parts],
+        num_classes=num_classes,
+        size=size,
+        preprocess=preprocess,
+        task="text-to-image",
+        extra={
+            "captions": captions,
+            **extra,
+            "prompts": dict(zip(SPLITS, (ids.tolist() for ids in prompts), strict=True)),
+            "seed": seed,
+            "unseen": unseen,
+            "text_encoder": encoder_spec(text_encoder),
+        },
+    )
 
 
 @takes_image_options(norm="train", augment=False)
@@ -104,50 +201,28 @@ def digits_captions(
 
     Thickness and slant are measured on the images as the loaders frame them, and cut at their tertiles
     over all 1797 digits: captioning is labelling, not fitting a model, so val and test images take
-    part. ``info.extra`` holds ``captions`` (every caption, sorted: what ``caption_id`` indexes),
-    ``attributes`` (the cut points, for :func:`describe`), ``prompts`` (the caption ids of each split),
-    ``seed``, ``unseen``, the normalisation (``mean``/``std``) and ``text_encoder``: the spec of the frozen
-    encoder the task conditions on (``random``, or a local CLIP directory; :mod:`.text_encoder`). Not
-    augmented: a flip or crop would contradict the image's slant or thickness words.
+    part. ``info.extra`` holds what :func:`captioned_splits` records, ``attributes`` (the cut points,
+    for :func:`describe`) and the normalisation (``mean``/``std``); the encoder is ``random`` or a local
+    CLIP directory (:mod:`.text_encoder`). Not augmented: a flip or crop would contradict the image's
+    slant or thickness words.
     """
-    if arg:
-        raise DataError(
-            f"the digits-captions dataset takes no argument, got {arg!r}", "use --data digits-captions"
-        )
-    if isinstance(unseen, bool) or not isinstance(unseen, int | float) or not 0 < unseen <= MAX_UNSEEN:
-        raise DataError(
-            f"unseen={unseen!r} is outside (0, {MAX_UNSEEN}]",
-            "unseen is the fraction of the captions held out for val and test, e.g. --data-arg unseen=0.2",
-        )
-    if preprocess.augment:
-        raise DataError(
-            "augment=true would flip and crop the images, so they would no longer show their captions",
-            "leave augment off for digits-captions",
-        )
+    reject_argument("digits-captions", arg)
+    check_options("digits-captions", unseen, preprocess)
     images, labels = digit_images()
     framed = resize_and_crop(images, (size, size), preprocess.crop_pct, preprocess.interpolation)
     thresholds = {name: tertiles(values) for name, values in stroke_attributes(framed).items()}
     pairs = describe(framed, thresholds)
     texts = [caption(*pair, digit) for pair, digit in zip(pairs, labels.tolist(), strict=True)]
-    digit_by_text = dict(zip(texts, labels.tolist(), strict=True))
-    captions = sorted(digit_by_text)
-    caption_ids = torch.tensor([captions.index(text) for text in texts])
-    digit_of = np.array([digit_by_text[text] for text in captions])
-    prompts = split_prompts(digit_of, unseen, seed)
-    parts = [np.flatnonzero(np.isin(caption_ids.numpy(), ids)) for ids in prompts]
-    return tensor_splits(
+    return captioned_splits(
         "digits-captions",
-        [(images[idx], caption_ids[idx], labels[idx]) for idx in parts],
+        images,
+        labels,
+        texts,
         num_classes=10,
         size=size,
+        seed=seed,
+        unseen=unseen,
+        text_encoder=text_encoder,
         preprocess=preprocess,
-        task="text-to-image",
-        extra={
-            "captions": captions,
-            "attributes": thresholds,
-            "prompts": dict(zip(SPLITS, (ids.tolist() for ids in prompts), strict=True)),
-            "seed": seed,
-            "unseen": unseen,
-            "text_encoder": encoder_spec(text_encoder),
-        },
+        extra={"attributes": thresholds},
     )

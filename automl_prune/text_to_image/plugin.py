@@ -31,10 +31,24 @@ def register_models(register: Any) -> None:
 @hookimpl
 def register_datasets(register: Any) -> None:
     from automl_prune.text_to_image.captions import digits_captions
+    from automl_prune.text_to_image.fashion_captions import fashion_captions
+    from automl_prune.text_to_image.photo_captions import photo_captions
 
     register(
         "digits-captions",
         digits_captions,
         task="text-to-image",
         description="digits with captions from label, stroke thickness and slant; val/test prompts unseen",
+    )
+    register(
+        "fashion-captions",
+        fashion_captions,
+        task="text-to-image",
+        description="3000 Fashion-MNIST garments with captions from class, size, brightness; prompts unseen",
+    )
+    register(
+        "photo-captions",
+        photo_captions,
+        task="text-to-image",
+        description="RGB patches of 8 sample photos captioned by brightness, place, photo; prompts unseen",
     )
