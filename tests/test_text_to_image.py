@@ -64,6 +64,12 @@ def test_random_encoder_is_rebuilt_from_its_seed_and_tells_captions_apart() -> N
     assert not any(p.requires_grad for p in first.model.parameters())  # frozen
 
 
+def test_random_encoder_keeps_hyphenated_words_whole() -> None:
+    captions = ["a thin left-leaning handwritten one", "a thin right-leaning handwritten one"]
+    ids = random_encoder(captions).tokenizer(captions)["input_ids"]
+    assert len(ids[0]) == 5 and ids[0] != ids[1]  # "left-leaning" is one known word, not three unknown
+
+
 def test_a_local_clip_directory_loads_the_same_encoder(tmp_path: Path) -> None:
     saved = random_encoder(CAPTIONS)
     saved.model.save_pretrained(tmp_path)

@@ -3,7 +3,8 @@
 Two kinds, named by the dataset's ``text_encoder`` argument and recorded in ``DataInfo.extra``, so a
 saved model rebuilds the encoder it was trained with:
 
-- ``random`` (the default): a word-level tokenizer over the dataset's caption vocabulary and a
+- ``random`` (the default): a word-level tokenizer (words split at whitespace only) over the
+  dataset's caption vocabulary and a
   ``transformers`` ``CLIPTextModel`` (width 64, no transformer layers: token and position embeddings
   and the final LayerNorm) built from a config with a seeded random initialisation, frozen. The captions
   here are templated ("a bold right-leaning handwritten seven"): which words a caption holds is nearly
@@ -35,7 +36,16 @@ from torch import nn
 
 from automl_prune.errors import ModelError
 
-RANDOM = {"kind": "random", "width": 64, "layers": 0, "heads": 4, "max_length": 16, "seed": 0}
+# "words": tokens are the caption's whitespace-separated words ("left-leaning" is one word of the vocabulary)
+RANDOM = {
+    "kind": "random",
+    "width": 64,
+    "layers": 0,
+    "heads": 4,
+    "max_length": 16,
+    "seed": 0,
+    "words": "whitespace",
+}
 PAD, UNKNOWN = "[PAD]", "[UNK]"
 
 
@@ -79,7 +89,7 @@ def random_encoder(captions: list[str], spec: dict[str, Any] = RANDOM) -> TextEn
     words = sorted({word for caption in captions for word in caption.lower().split()})
     vocab = {word: i for i, word in enumerate([PAD, UNKNOWN, *words])}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # Whitespace() also splits at hyphens
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNKNOWN)
     config = CLIPTextConfig(
         vocab_size=len(vocab),
