@@ -4,8 +4,8 @@ Two kinds, named by the dataset's ``text_encoder`` argument and recorded in ``Da
 saved model rebuilds the encoder it was trained with:
 
 - ``random`` (the default): a word-level tokenizer (words split at whitespace only) over the
-  dataset's caption vocabulary and a
-  ``transformers`` ``CLIPTextModel`` (width 64, no transformer layers: token and position embeddings
+  dataset's caption vocabulary and a ``transformers`` ``CLIPTextModel`` (width 64, no transformer
+  layers: token and position embeddings
   and the final LayerNorm) built from a config with a seeded random initialisation, frozen. The captions
   here are templated ("a bold right-leaning handwritten seven"): which words a caption holds is nearly
   all it says, and random token embeddings keep every word distinguishable, so the UNet's cross-attention
