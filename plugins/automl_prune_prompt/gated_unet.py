@@ -24,6 +24,7 @@ the spec leaves open, made here:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -135,5 +136,15 @@ class GatedUNet:
 
     @cached_property
     def _flops(self) -> OrderedDepthFlops:
-        """Built on first use (one FLOPs model per depth configuration, seconds each), then reused."""
-        return OrderedDepthFlops(self.unet, self.analysis, self.example, self.depth_blocks)
+        """Built on first use (one FLOPs model per depth configuration, seconds each), then reused by
+        every gated UNet of the same architecture and example shapes in this process (the trials of a
+        search): FLOPs depend on the layers and shapes, not on the weights."""
+        shapes = [tuple(t.shape) for t in self.example]
+        config = dict(getattr(self.unet, "config", {}))
+        key = hashlib.sha256(repr((repr(self.unet), config, shapes, self.depth_blocks)).encode()).hexdigest()
+        if key not in _FLOPS_MODELS:
+            _FLOPS_MODELS[key] = OrderedDepthFlops(self.unet, self.analysis, self.example, self.depth_blocks)
+        return _FLOPS_MODELS[key]
+
+
+_FLOPS_MODELS: dict[str, OrderedDepthFlops] = {}

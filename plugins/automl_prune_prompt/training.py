@@ -74,6 +74,7 @@ class PromptArchitectures(nn.Module):
         self.codes = ArchitectureCodes(n_codes, gated.length)
         self.depth = gated.depth_slice
         self.width_units = gated.width_units
+        self.budget_shift = 0.0
         self.register_buffer("unit_widths", gated.unit_widths.float())
 
     def relax(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -99,17 +100,19 @@ class PromptArchitectures(nn.Module):
             start += units
         return gates
 
-    def code_gates(self) -> torch.Tensor:
-        """The codes' architectures as deployed (K, L)."""
-        return self.deploy(self.codes())
+    def code_gates(self, shift: float | None = None) -> torch.Tensor:
+        """The experts' architectures (K, L): the codes' decisions with ``budget_shift`` (or ``shift``)
+        added to every logit (see ``experts.meet_budget``)."""
+        return self.deploy(self.codes() + (self.budget_shift if shift is None else shift))
 
     def router(self, codes: list[int] | None = None) -> PromptRouter:
-        """The inference router: argmax similarity to the deployed gates of ``codes`` (default: all),
-        which become its parts 0, 1, ... in that order."""
+        """The inference router: argmax similarity to the codes' decisions as trained (without the
+        budget shift, so routing is what training learned), over ``codes`` (default: all), which become
+        its parts 0, 1, ... in that order."""
         weight = torch.cat([h.weight for h in self.predictor.heads]).detach()
         bias = torch.cat([h.bias for h in self.predictor.heads]).detach()
-        code_gates = self.code_gates()[codes if codes is not None else slice(None)]
-        return PromptRouter(weight, bias, self.embed(code_gates), self.unit_widths, depth=self.depth)
+        trained = self.code_gates(shift=0.0)[codes if codes is not None else slice(None)]
+        return PromptRouter(weight, bias, self.embed(trained), self.unit_widths, depth=self.depth)
 
 
 def prompt_embeddings(states: torch.Tensor) -> torch.Tensor:
