@@ -101,4 +101,5 @@ def distill_loss(
     pairs = [(s, t) for s, t in zip(student_blocks, targets.blocks, strict=True) if s.shape == t.shape]
     block = torch.stack([F.mse_loss(s, t) for s, t in pairs]).mean() if pairs else predicted.new_zeros(())
     loss = weights.denoise * denoise + weights.output * output + weights.block * block
-    return loss, {"denoise": float(denoise), "output_kd": float(output), "block_kd": float(block)}
+    terms = {"denoise": denoise, "output_kd": output, "block_kd": block}
+    return loss, {k: float(v.detach()) for k, v in terms.items()}

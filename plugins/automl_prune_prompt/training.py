@@ -211,10 +211,10 @@ def _train(
         history.append(
             {
                 **terms,
-                "resource": float(resource),
-                "contrastive": float(contrastive),
-                "ratio": float(ratios.mean()),
-                "routing": float(consistency),
+                "resource": float(resource.detach()),
+                "contrastive": float(contrastive.detach()),
+                "ratio": float(ratios.detach().mean()),
+                "routing": float(consistency.detach()),
             }
         )
     return model, history
