@@ -13,14 +13,16 @@ from automl_prune_prompt.strategy import PromptStrategy, split_steps
 from automl_prune.data.registry import load_dataset
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
-from automl_prune.pruning import CompositeModel, PromptRouter
+from automl_prune.pruning import CompositeModel, PromptRouter, save_pruned
 from automl_prune.space import load_space
-from automl_prune.strategy import Context
+from automl_prune.strategy import Candidate, Context
+from automl_prune.text_to_image import generate
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask
 
 pytest.importorskip("transformers")
 
+CPU = torch.device("cpu")
 SMALL = {**TINY, "block_out_channels": (16, 16, 16), "norm_num_groups": 4}
 PARAMS = {
     "target_flops_ratio": 0.6,
@@ -52,7 +54,7 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Context:
     out = tmp_path_factory.mktemp("prompt")
     return Context(
         model=model,
-        model_ref=ModelRef("t2i-unet-tiny"),
+        model_ref=ModelRef("t2i-unet-tiny", {"block_out_channels": [16, 16, 16], "norm_num_groups": 4}),
         data=data,
         task=task,
         device=torch.device("cpu"),
@@ -65,8 +67,12 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Context:
     )
 
 
-def test_trial_returns_routed_experts_at_the_target_with_figures(context: Context) -> None:
-    candidate = PromptStrategy().run(context, PARAMS, {})
+@pytest.fixture(scope="module")
+def candidate(context: Context) -> Candidate:
+    return PromptStrategy().run(context, PARAMS, {})
+
+
+def test_trial_returns_routed_experts_at_the_target_with_figures(context: Context, candidate) -> None:
     composite = candidate.model
     assert isinstance(composite, CompositeModel) and isinstance(composite.router, PromptRouter)
     assert 1 <= len(composite.parts) <= 2
@@ -80,6 +86,17 @@ def test_trial_returns_routed_experts_at_the_target_with_figures(context: Contex
     assert {"val_neg_mse", "test_neg_mse"} <= set(candidate.metrics)
     samples = context.task.generate(composite, context.data, 4, device=context.device)
     assert samples.shape == (4, 1, 16, 16) and bool(samples.isfinite().all())
+
+
+def test_a_saved_composite_generates_from_free_text_prompts(context: Context, candidate, tmp_path) -> None:
+    path = save_pruned(
+        candidate.model, tmp_path / "aptp", model_ref=context.model_ref, info=context.data.info
+    )
+    prompts = ["a bold upright handwritten seven", "a thin left-leaning handwritten one"]
+    samples = generate(path, prompts, seed=3)
+    assert samples.shape == (2, 1, 16, 16) and bool(samples.isfinite().all())
+    again = TextToImageTask().generate_text(candidate.model, prompts, context.data.info, seed=3, device=CPU)
+    torch.testing.assert_close(samples, again)  # the loaded composite routes and samples as the trained one
 
 
 def test_fine_tuning_steps_are_shared_in_proportion_to_the_experts_images() -> None:

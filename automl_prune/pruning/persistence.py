@@ -266,10 +266,15 @@ def _load_weights(module: nn.Module, weights: Path) -> None:
         ) from exc
 
 
-def _rebuild(spec: dict[str, Any]) -> nn.Module:
+def data_info(spec: dict[str, Any]) -> DataInfo:
+    """The data facts a spec or manifest (:func:`read_spec`) records: what the model was trained on."""
     info = dict(spec["data_info"])
     info["image_size"] = tuple(info["image_size"])
-    model = build_model(ModelRef.from_dict(spec["model_ref"]), DataInfo(**info))
+    return DataInfo(**info)
+
+
+def _rebuild(spec: dict[str, Any]) -> nn.Module:
+    model = build_model(ModelRef.from_dict(spec["model_ref"]), data_info(spec))
     rules = layer_rules()
     for name, shape in spec["modules"].items():
         args = {k: v for k, v in shape.items() if k != "type"}

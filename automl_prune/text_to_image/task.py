@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from automl_prune.data.base import DataSplits
+from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.diffusion.sample_quality import (
     SAMPLE_BATCH,
     dataset_range,
@@ -114,13 +114,36 @@ class TextToImageTask(DiffusionTask):
         noise is drawn per group.
         """
         table = caption_states(data).to(device)
-        prompts = table[ids.to(device)]
-        shape = (len(ids), *data.info.input_shape)
+        return self.sample_states(
+            model, table[ids.to(device)], table[-1:], data.info, seed=seed, device=device
+        )
+
+    def generate_text(
+        self, model: nn.Module, prompts: list[str], info: DataInfo, *, seed: int = 0, device: torch.device
+    ) -> torch.Tensor:
+        """One guided sample per free-text prompt, encoded by the text encoder ``info`` records (the one
+        the model was trained with; the ``random`` encoder reads words outside its captions as unknown)."""
+        states = _states(text_encoder(info.extra), (*prompts, EMPTY)).to(device)
+        return self.sample_states(model, states[:-1], states[-1:], info, seed=seed, device=device)
+
+    def sample_states(
+        self,
+        model: nn.Module,
+        prompts: torch.Tensor,
+        empty: torch.Tensor,
+        info: DataInfo,
+        *,
+        seed: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Guided samples for the prompts' token states (B, tokens, D), ``empty``: the empty caption's
+        (1, tokens, D); grouped by expert as :meth:`generate_for` says."""
+        shape = (len(prompts), *info.input_shape)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         samples = torch.empty(shape, device=device)
         with evaluating(model):
             for expert, rows in experts(model, prompts):
-                states = torch.cat([table[-1:].expand(len(rows), -1, -1), prompts[rows]])
+                states = torch.cat([empty.expand(len(rows), -1, -1), prompts[rows]])
                 samples[rows] = self._guided(expert, states, noise[rows.cpu()], seed, device)
         return samples
 
