@@ -1,7 +1,7 @@
 """Sampling a saved text-to-image model from free-text prompts: what a user of a search's champion calls.
 
 from automl_prune.text_to_image import generate
-images = generate("runs/t2i/champion", ["a bold upright handwritten seven"])  # (1, C, H, W) in [-1, 1]
+    images = generate("runs/t2i/trials/0000/model", ["a bold upright handwritten seven"])  # (1, C, H, W)
 """
 
 from __future__ import annotations
