@@ -1,6 +1,6 @@
 """Sampling a saved text-to-image model from free-text prompts: what a user of a search's champion calls.
 
-from automl_prune.text_to_image import generate
+    from automl_prune.text_to_image import generate
     images = generate("runs/t2i/trials/0000/model", ["a bold upright handwritten seven"])  # (1, C, H, W)
 """
 
