@@ -12,7 +12,7 @@ from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.preprocessing import override_options
 from automl_prune.data.registry import load_dataset
 from automl_prune.errors import AutomlPruneError
-from automl_prune.io import atomic_write_text
+from automl_prune.io import atomic_write_bytes, atomic_write_text
 from automl_prune.latency import EVALUATE_BUDGET_S, latency_convention, latency_metrics
 from automl_prune.model_io import to_device
 from automl_prune.models.base import ModelRef
@@ -20,7 +20,7 @@ from automl_prune.models.registry import build_model
 from automl_prune.onnx_latency import onnxruntime_latency
 from automl_prune.progress import Progress
 from automl_prune.pruning import CompositeModel, export_onnx, export_torchscript, load_pruned, read_spec
-from automl_prune.pruning.persistence import MANIFEST
+from automl_prune.pruning.persistence import MANIFEST, ROUTER_WEIGHTS
 from automl_prune.search.setup import resolve_device
 from automl_prune.search.validate import (
     check_count,
@@ -134,7 +134,8 @@ def export_saved(
 ) -> Path:
     """Export a saved model to ONNX (dynamic batch axis) or TorchScript (traced at batch 1) at its
     recorded input shape. A composite is
-    exported as one file per part (``part0.onnx``, ...) beside a copy of its manifest (the router) in
+    exported as one file per part (``part0.onnx``, ...) beside a copy of its manifest (the router, and
+    the router's tensors where it has some) in
     the folder ``out`` (default: ``<path>/export-<fmt>``); the path returned is the manifest's."""
     if fmt not in EXPORTERS:
         raise AutomlPruneError(f"unknown export format {fmt!r}", f"use one of {', '.join(EXPORTERS)}")
@@ -150,6 +151,9 @@ def export_saved(
     folder = Path(out) if out else Path(path) / f"export-{fmt}"
     for name, part in zip(spec["parts"], model.parts, strict=True):
         exporter(part, task.example_input(shapes), folder / f"{name}{suffix}")
+    router = Path(path) / ROUTER_WEIGHTS  # a router with tensors (a prompt router's predictor and codes)
+    if router.is_file():
+        atomic_write_bytes(folder / ROUTER_WEIGHTS, router.read_bytes())
     manifest = {**spec, "parts": [f"{name}{suffix}" for name in spec["parts"]], "export_format": fmt}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
     return folder / MANIFEST

@@ -14,6 +14,7 @@ import automl_prune
 from automl_prune.data.base import DataSplits
 from automl_prune.data.registry import load_dataset
 from automl_prune.errors import CheckpointError
+from automl_prune.evaluation import export_saved
 from automl_prune.models.base import ModelRef
 from automl_prune.pruning import CompositeModel, PromptRouter, analyze, relax, save_pruned, slice_checked
 from automl_prune.text_to_image.models import TINY, t2i_unet
@@ -107,6 +108,8 @@ def test_a_saved_composite_loads_with_its_routing_and_outputs(data, composite, t
     batch = (torch.randn(len(states), 1, 16, 16), torch.full((len(states),), 500), states)
     with torch.no_grad():
         assert torch.equal(loaded(*batch).sample, composite(*batch).sample)
+    exported = export_saved(path, "torchscript", tmp_path / "export").parent
+    assert (exported / "router.safetensors").read_bytes() == (path / "router.safetensors").read_bytes()
 
     (path / "router.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match=r"router\.safetensors") as error:

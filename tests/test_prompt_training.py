@@ -66,7 +66,7 @@ def balanced(setup) -> tuple[PromptArchitectures, list[dict[str, float]], torch.
 def test_router_training_reaches_the_mean_flops_target_and_validation_prompts_meet_it(
     setup, balanced
 ) -> None:
-    gated, batches, val_states = setup
+    gated, _, val_states = setup
     architectures, history, _ = balanced
     assert history[0]["ratio"] > 0.8  # gates start open but for the Gumbel noise
     assert sum(h["ratio"] for h in history[-10:]) / 10 < 0.7  # on its way to the target
