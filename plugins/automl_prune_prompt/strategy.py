@@ -63,14 +63,13 @@ def split_steps(total: int, counts: list[int]) -> list[int]:
     return steps
 
 
-def settings_of(params: dict[str, Any], batch_size: int) -> RouterSettings:
+def settings_of(params: dict[str, Any]) -> RouterSettings:
     return RouterSettings(
         n_codes=int(params["n_codes"]),
         steps=int(params["router_steps"]),
         warmup_steps=int(params["warmup_steps"]),
         lr=float(params["router_lr"]),
         code_lr_scale=float(params["code_lr_scale"]),
-        batch_size=batch_size,
         balanced=bool(params["balanced"]),
         distill=DistillWeights(1.0, float(params["w_output"]), float(params["w_block"])),
         resource=float(params["w_resource"]),
@@ -95,7 +94,7 @@ class PromptStrategy(Strategy):
             gated,
             caption_batches(context, context.data.train, training=False, seed=context.seed),
             ratio,
-            settings_of(params, context.batch_size),
+            settings_of(params),
             seed=context.seed,
             progress=context.progress,
         )
