@@ -17,14 +17,21 @@ samples to architecture codes;
 ``CompositeModel`` puts several pruned models behind a ``Router`` (``TimestepRouter``: by denoising
 timestep; ``PromptRouter``: by the architecture code a prompt's predicted gates resemble);
 ``BlockSkips``/``SkippedBlock``/``remove_blocks`` skip blocks whose output has their input's shape
-(``shape_preserving``: elastic depth); ``save_pruned``/``load_pruned`` store pruned and composite models
-without pickle;
+(``shape_preserving``: elastic depth; ``unet_stages``/``stage_blocks``: a diffusers UNet's stages and
+their blocks); ``save_pruned``/``load_pruned`` store pruned and composite models without pickle;
 ``export_*`` write TorchScript/ONNX.
 """
 
 from automl_prune.pruning.batchnorm import recalibrate_batchnorm
 from automl_prune.pruning.composite import CompositeModel
-from automl_prune.pruning.depth import BlockSkips, SkippedBlock, remove_blocks, shape_preserving, stage_blocks
+from automl_prune.pruning.depth import (
+    BlockSkips,
+    SkippedBlock,
+    remove_blocks,
+    shape_preserving,
+    stage_blocks,
+    unet_stages,
+)
 from automl_prune.pruning.depth_flops import OrderedDepthFlops
 from automl_prune.pruning.export import export_onnx, export_torchscript
 from automl_prune.pruning.extraction import (
@@ -124,5 +131,6 @@ __all__ = [
     "slice_model",
     "smallest_flops",
     "stage_blocks",
+    "unet_stages",
     "uniform_keep",
 ]

@@ -121,26 +121,33 @@ def remove_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     return model
 
 
-def stage_blocks(unet: nn.Module) -> list[list[str]]:
-    """Per stage of a diffusers UNet (each down block, the mid block, each up block), the names of its
-    resnet and attention blocks in the order its forward runs them (a mid block runs resnet 0, then
-    attention i and resnet i + 1): the candidates for elastic depth."""
-    stages = []
+def unet_stages(unet: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The stages of a diffusers UNet in forward order, named: each down block, the mid block, each up
+    block."""
+    named: list[tuple[str, nn.Module]] = []
     for prefix in STAGES:
         part = getattr(unet, prefix, None)
         if isinstance(part, nn.ModuleList):
-            named = [(f"{prefix}.{i}", stage) for i, stage in enumerate(part)]
+            named += [(f"{prefix}.{i}", stage) for i, stage in enumerate(part)]
+        elif part is not None:
+            named.append((prefix, part))
+    return named
+
+
+def stage_blocks(unet: nn.Module) -> list[list[str]]:
+    """Per stage of a diffusers UNet (:func:`unet_stages`), the names of its resnet and attention blocks
+    in the order its forward runs them (a mid block runs resnet 0, then attention i and resnet i + 1):
+    the candidates for elastic depth."""
+    stages = []
+    for name, stage in unet_stages(unet):
+        resnets = [f"{name}.resnets.{j}" for j in range(len(stage.resnets))]
+        attentions = [
+            f"{name}.attentions.{j}" if a is not None else None
+            for j, a in enumerate(getattr(stage, "attentions", None) or [])
+        ]
+        if name == "mid_block":
+            order = [resnets[0], *(b for pair in zip(attentions, resnets[1:], strict=True) for b in pair)]
         else:
-            named = [(prefix, part)] if part is not None else []
-        for name, stage in named:
-            resnets = [f"{name}.resnets.{j}" for j in range(len(stage.resnets))]
-            attentions = [
-                f"{name}.attentions.{j}" if a is not None else None
-                for j, a in enumerate(getattr(stage, "attentions", None) or [])
-            ]
-            if prefix == "mid_block":
-                order = [resnets[0], *(b for pair in zip(attentions, resnets[1:], strict=True) for b in pair)]
-            else:
-                order = [b for j, r in enumerate(resnets) for b in (r, *attentions[j : j + 1])]
-            stages.append([b for b in order if b is not None])
+            order = [b for j, r in enumerate(resnets) for b in (r, *attentions[j : j + 1])]
+        stages.append([b for b in order if b is not None])
     return stages

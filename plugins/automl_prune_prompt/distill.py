@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_prune.api import noise_scheduler
+from automl_prune.pruning import unet_stages
 
 MIN_SNR_GAMMA = 5.0
-STAGE_PREFIXES = ("down_blocks", "mid_block", "up_blocks")
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,6 @@ def min_snr_weights(timesteps: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> to
     return snr.clamp(max=gamma) / snr
 
 
-def stages(unet: nn.Module) -> list[nn.Module]:
-    """The UNet's stages in forward order (diffusers' layout: down blocks, mid block, up blocks)."""
-    found: list[nn.Module] = []
-    for prefix in STAGE_PREFIXES:
-        part = getattr(unet, prefix, None)
-        found += list(part) if isinstance(part, nn.ModuleList) else [part] if part is not None else []
-    return found
-
-
 @contextmanager
 def stage_outputs(unet: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collects each stage's output hidden states, in call order, while the block runs."""
@@ -61,7 +52,7 @@ def stage_outputs(unet: nn.Module) -> Iterator[list[torch.Tensor]]:
     def keep(_module: nn.Module, _args: object, output: object) -> None:
         outputs.append(output[0] if isinstance(output, tuple) else output)  # down blocks: (hidden, skips)
 
-    handles = [stage.register_forward_hook(keep) for stage in stages(unet)]
+    handles = [stage.register_forward_hook(keep) for _, stage in unet_stages(unet)]
     try:
         yield outputs
     finally:
