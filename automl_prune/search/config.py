@@ -10,7 +10,7 @@ from automl_prune.errors import AutomlPruneError
 from automl_prune.search.validate import check_count, check_rate
 
 BACKENDS = ("optuna", "ray")
-SAMPLERS = ("nsga2", "tpe")
+SAMPLERS = ("nsga2", "tpe", "random")
 
 
 @dataclass

@@ -113,8 +113,12 @@ def counted_trials(study: optuna.Study) -> int:
     )
 
 
-def run_optuna(prepared: Prepared, on_trial: Callable[[TrialRecord], None]) -> None:
-    """Run the trials still missing from the study; a failed trial is told FAIL and the search goes on."""
+def run_optuna(prepared: Prepared, on_trial: Callable[[TrialRecord], None], *, measure: bool = True) -> None:
+    """Run the trials still missing from the study; a failed trial is told FAIL and the search goes on.
+
+    ``measure=False``: trials without latency, figures or saved models (:func:`run_trial`), for
+    measuring the search itself (benchmarks/sampler_hypervolume.py); the sampler sees the same values.
+    """
     config, space = prepared.plan.config, prepared.plan.space
     study = open_study(prepared)
     requeue_interrupted(study)
@@ -123,7 +127,7 @@ def run_optuna(prepared: Prepared, on_trial: Callable[[TrialRecord], None]) -> N
     progress = prepared.context.progress
     for _ in progress.bar(range(remaining), desc=f"{prepared.plan.strategy.name} trials", leave=True):
         trial = ask_new(study, distributions)
-        record = run_trial(prepared, {**space.fixed, **trial.params}, trial.number)
+        record = run_trial(prepared, {**space.fixed, **trial.params}, trial.number, measure=measure)
         if record.state == "complete":
             trial.set_constraint(CONSTRAINT, constraint_value(record.flops, prepared.plan.max_flops))
             for key, value in trial_attrs(record, config.run_dir).items():

@@ -19,6 +19,7 @@ from automl_prune.latency import latency_metrics
 from automl_prune.pruning.persistence import save_pruned
 from automl_prune.search.records import TrialRecord
 from automl_prune.search.setup import Prepared
+from automl_prune.strategy import Candidate
 
 
 def divergence(model: torch.nn.Module, metrics: dict[str, Any]) -> str | None:
@@ -47,12 +48,19 @@ def trial_dir(run_dir: Path, number: int) -> Path:
 
 
 def run_trial(
-    prepared: Prepared, params: dict[str, Any], number: int, out: Path | None = None
+    prepared: Prepared,
+    params: dict[str, Any],
+    number: int,
+    out: Path | None = None,
+    *,
+    measure: bool = True,
 ) -> TrialRecord:
     """Run trial ``number`` with ``params``; a failing, NaN or diverged trial (:func:`divergence`)
     comes back as state "failed", so it is never on a front, registered or champion.
 
     The pruned model is saved in ``out/model`` (default: the run directory's ``trials/NNNN``).
+    ``measure=False`` keeps only what the sampler sees (quality, FLOPs, feasibility, the strategy's
+    metrics): no latency, task report, figures or saved model, for studies of the search itself.
     """
     plan, context = prepared.plan, prepared.context
     out = out or trial_dir(context.run_dir, number)
@@ -72,6 +80,8 @@ def run_trial(
         task = context.task
         candidate.flops = context.flops(model)
         candidate.params = task.n_params(model)
+        if not measure:
+            return _record(prepared, params, number, candidate, start)
         timings = task.latency(
             model, context.data, context.device, base=context.model, budget_s=context.latency_budget_s
         )
@@ -108,6 +118,31 @@ def run_trial(
             error=message,
             wall_time_s=time.perf_counter() - start,
         )
+    return _record(
+        prepared,
+        params,
+        number,
+        candidate,
+        start,
+        latency_ms=candidate.latency_ms,
+        latency_iqr_ms=latency.iqr_ms,
+        speedup=latency.speedup,
+        latency_noisy=latency.noisy,
+        model_dir=str(model_dir),
+        figures=[str(f) for f in candidate.figures],
+    )
+
+
+def _record(
+    prepared: Prepared,
+    params: dict[str, Any],
+    number: int,
+    candidate: Candidate,
+    start: float,
+    **measured: Any,
+) -> TrialRecord:
+    """The record of a complete trial: its objectives and metrics, plus the ``measured`` fields."""
+    max_flops = prepared.plan.max_flops
     return TrialRecord(
         number=number,
         state="complete",
@@ -115,14 +150,9 @@ def run_trial(
         quality=float(candidate.quality),
         flops=candidate.flops,
         n_params=candidate.params,
-        latency_ms=candidate.latency_ms,
-        latency_iqr_ms=latency.iqr_ms,
-        speedup=latency.speedup,
-        latency_noisy=latency.noisy,
         target_flops=candidate.target_flops,
-        feasible=plan.max_flops is None or candidate.flops <= plan.max_flops,
+        feasible=max_flops is None or candidate.flops <= max_flops,
         metrics={k: float(v) for k, v in candidate.metrics.items()},
-        model_dir=str(model_dir),
-        figures=[str(f) for f in candidate.figures],
         wall_time_s=time.perf_counter() - start,
+        **measured,
     )
