@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from automl_prune.search.pareto import pareto_front, write_front
+import pytest
+
+from automl_prune.search.pareto import hypervolume, pareto_front, write_front
 from automl_prune.search.records import SearchInfo, TrialRecord
 
 
@@ -60,3 +62,13 @@ def test_front_files(tmp_path: Path) -> None:
     assert [int(r["trial"]) for r in rows] == [1, 0]
     assert rows[0]["flops_ratio"] == "0.3000" and rows[0]["test_accuracy"] == "0.5"
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hypervolume_is_the_area_the_front_dominates_up_to_the_reference() -> None:
+    # by hand, reference (quality 0, cost 1): (0.5, 0.2) covers [0.2, 0.6) x 0.5 = 0.2, then (0.8, 0.6)
+    # raises it to 0.8 on [0.6, 1) = 0.32; (0.4, 0.7) is dominated; (0.9, 1.2) is beyond the reference
+    points = [(0.8, 0.6), (0.5, 0.2), (0.4, 0.7), (0.9, 1.2)]
+    assert hypervolume(points, (0.0, 1.0)) == pytest.approx(0.52)
+    assert hypervolume(points, (0.6, 1.0)) == pytest.approx(0.2 * 0.4)  # only (0.8, 0.6) beats 0.6
+    assert hypervolume([], (0.0, 1.0)) == 0.0
+    assert hypervolume([(0.5, 0.2), (0.5, 0.2)], (0.0, 1.0)) == pytest.approx(0.4)  # a repeat adds nothing

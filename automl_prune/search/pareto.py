@@ -40,6 +40,20 @@ def pareto_front(records: Sequence[TrialRecord]) -> list[TrialRecord]:
     return sorted(front, key=lambda r: (r.flops, -r.quality, r.number))
 
 
+def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area that ``points`` (quality up, cost down) dominate, bounded by ``reference`` (worst quality,
+    worst cost): one number that grows whenever a front gains a point no earlier point beat, so fronts
+    of searches can be compared. Points not better than the reference on both count nothing."""
+    worst_quality, worst_cost = reference
+    inside = sorted((c, q) for q, c in points if q > worst_quality and c < worst_cost)
+    area, best = 0.0, worst_quality
+    for i, (cost, quality) in enumerate(inside):
+        next_cost = inside[i + 1][0] if i + 1 < len(inside) else worst_cost
+        best = max(best, quality)  # the best quality at or below this cost, up to the next cost
+        area += (best - worst_quality) * (next_cost - cost)
+    return area
+
+
 CSV_COLUMNS = (
     "trial",
     "quality",
