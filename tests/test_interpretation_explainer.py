@@ -9,9 +9,14 @@ from io import BytesIO
 import pytest
 import torch
 import torchvision
+from automl_prune_interpretation.diagnosis import (
+    centroids,
+    cross_image_iou,
+    deletion_effect,
+    explainer_quality,
+)
 from automl_prune_interpretation.explainer import (
     Explainer,
-    agreement,
     build_explainer,
     explainer_state,
     load_explainer,
@@ -159,9 +164,40 @@ def test_selector_loss_decreases_and_beats_random_masks(
 ) -> None:
     explainer, losses = trained
     assert len(losses) == 3 and losses[-1] < 0.95 * losses[0]
-    result = agreement(explainer, context.model, context.loader("val"), CPU)
+    result = explainer_quality(explainer, context.model, context.loader("val"), CPU)
     assert result["agreement"] > result["random_agreement"] + 0.05
     assert 0 < result["mask_area"] < 1
+    assert result["deletion_drop"] > result["random_deletion_drop"]
+    assert 0 <= result["cross_image_iou"] <= 1 and result["centre_spread"] >= 0
+
+
+def test_one_mask_for_every_image_has_no_diversity() -> None:
+    same = rbf_mask(torch.tensor([[7.5, 7.5]]).expand(6, 2), torch.full((6,), 3.0), SIZE)
+    assert torch.allclose(cross_image_iou(same), torch.ones(6))
+    assert torch.allclose(centroids(same), torch.full((6, 2), 7.5), atol=1e-4)
+    corners = torch.tensor([[4.0, 4.0], [4.0, 11.0], [11.0, 4.0], [11.0, 11.0]])
+    moving = rbf_mask(corners, torch.full((4,), 1.5), SIZE)
+    assert float(cross_image_iou(moving).max()) == 0
+    assert torch.allclose(centroids(moving), corners, atol=0.05)
+
+
+def test_deleting_what_the_model_reads_changes_its_output() -> None:
+    """A classifier that reads only the top-left quadrant: deleting that quadrant flips it, deleting
+    the bottom-right one changes nothing."""
+
+    class TopLeft(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x[:, 0, :8, :8].mean(dim=(1, 2))
+            return torch.stack([10 * s - 5, torch.zeros_like(s)], dim=1)
+
+    x = torch.ones(3, 1, *SIZE)
+    labels = torch.zeros(3, dtype=torch.long)
+    read, unread = torch.zeros(3, 1, *SIZE), torch.zeros(3, 1, *SIZE)
+    read[..., :8, :8], unread[..., 8:, 8:] = 1, 1
+    drop, flip = deletion_effect(TopLeft(), x, read, labels)
+    assert bool(flip.all()) and float(drop.min()) > 0.9
+    drop, flip = deletion_effect(TopLeft(), x, unread, labels)
+    assert not bool(flip.any()) and torch.allclose(drop, torch.zeros(3))
 
 
 def test_pixel_explainer_masks_in_unit_interval(context: Context) -> None:

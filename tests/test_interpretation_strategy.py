@@ -61,7 +61,7 @@ def test_prepare_stores_pairs_and_explainer(prepared: Prepared) -> None:
         len(pairs["labels"]),
         2,
     )
-    assert set(prepared.artifacts["agreement"]) >= {"agreement", "random_agreement"}
+    assert set(prepared.artifacts["explainer_quality"]) >= {"agreement", "deletion_drop", "cross_image_iou"}
     groups = prepared.artifacts["tap_groups"]
     assert groups and all(g["key"] for g in groups.values())  # every ResNet stage tap is carried by a group
 

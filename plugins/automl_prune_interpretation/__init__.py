@@ -5,8 +5,9 @@ Stages (the project's method spec, shared/methods/interpretation.md):
 - ``prepare`` (cached by the core, shared by every trial and every later search on the same base
   model): the explainer (predictor + RBF selector, ``explainer.py``), the pruning pairs (a seeded subset
   of ``pair_fraction`` of the training images, at least ``min_pairs``, with the original model's raw RBF
-  parameters, activated centre/width, and labels), the explainer's agreement numbers, and which channel
-  group carries each tap (``tap_groups.py``) so that pruned models can be explained.
+  parameters, activated centre/width, and labels), the explainer's quality on validation images
+  (``diagnosis.py``: agreement, deletion faithfulness and mask diversity, each against random masks),
+  and which channel group carries each tap (``tap_groups.py``) so that pruned models can be explained.
 - ``pruned_explanations.explanation_agreement`` explains any pruned copy of the base model whose keep
   masks are known
   (e.g. a magnitude trial's ``spec["keep"]``) and returns its mean mask IoU with the original.
@@ -64,7 +65,7 @@ class InterpretationStrategy(Strategy):
     name = "interpretation"
     tasks = ("classification",)
     space = builtin_space_path("interpretation")
-    version = "1"
+    version = "2"
     description = (
         "ISP: channel gates learned so the pruned model's RBF explanations match the original's, "
         "under a FLOPs hinge; extraction on validation, equal-budget fine-tuning"
@@ -84,7 +85,8 @@ class InterpretationStrategy(Strategy):
     # ---- prepare: explainer + pruning pairs (cached by the core) ----------------------------------
 
     def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
-        from automl_prune_interpretation.explainer import agreement, build_explainer, explainer_state
+        from automl_prune_interpretation.diagnosis import explainer_quality
+        from automl_prune_interpretation.explainer import build_explainer, explainer_state
         from automl_prune_interpretation.rbf import activate
 
         s = dict(settings)
@@ -123,7 +125,7 @@ class InterpretationStrategy(Strategy):
         if s["kind"] == "rbf":
             centre, width = activate(raw, tuple(explainer.image_size))
             pairs.update(centre=centre, width=width)
-        agree = agreement(explainer, model, context.loader("val"), context.device)
+        quality = explainer_quality(explainer, model, context.loader("val"), context.device)
         probe = copy.deepcopy(context.model).eval()
         example = context.example_input(1)
         groups = tap_groups(
@@ -136,7 +138,7 @@ class InterpretationStrategy(Strategy):
             "settings": s,
             "explainer": explainer_state(explainer),
             "pairs": pairs,
-            "agreement": {k: float(v) for k, v in agree.items()},
+            "explainer_quality": quality,
             "tap_groups": groups_to_artifacts(groups),
         }
 
@@ -241,7 +243,7 @@ class InterpretationStrategy(Strategy):
             "search_loss_last": last.get("loss", float("nan")),
             "search_int_last": last.get("int", float("nan")),
             "search_flops_ratio_last": last.get("flops_ratio", float("nan")),
-            **{f"explainer_{k}": float(v) for k, v in artifacts["agreement"].items()},
+            **{f"explainer_{k}": float(v) for k, v in artifacts["explainer_quality"].items()},
         }
         return candidate
 

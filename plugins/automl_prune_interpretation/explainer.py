@@ -25,8 +25,6 @@ from automl_prune_interpretation.selector import SELECTORS, make_selector
 from automl_prune_interpretation.taps import Taps, find_taps
 
 AREA_OFFSET = 5e-4  # (s + 5e-4) ** a has a finite gradient at s = 0, where a power a < 1 would not
-MATCH_STEPS = 30  # bisection steps matching a random mask's area to a selector mask's (width to ~1e-7 px)
-AGREEMENT_SEED = 0  # random baseline masks are the same for every call
 
 
 @dataclass
@@ -182,48 +180,6 @@ def train_selector(
                 total, batches = total + loss.item(), batches + 1
             losses.append(total / max(1, batches))
     return _frozen(selector), losses
-
-
-def _area_matched_rbf(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random RBF masks (uniform centres) with the same area (sum of mask values) as ``masks``, per image.
-
-    The width is found by bisection, since the area grows with it; only the placement is random, so an
-    explainer that beats these masks knows *where* to look, not merely how much to keep.
-    """
-    size = tuple(masks.shape[-2:])
-    target = masks.sum(dim=(1, 2, 3))
-    centre = random_rbf(len(masks), size, generator)[0].to(masks.device)
-    lo, hi = torch.full_like(target, 1e-3), torch.full_like(target, 4.0 * max(size))
-    for _ in range(MATCH_STEPS):
-        mid = (lo + hi) / 2
-        small = rbf_mask(centre, mid, size).sum(dim=(1, 2, 3)) < target
-        lo, hi = torch.where(small, mid, lo), torch.where(small, hi, mid)
-    return rbf_mask(centre, (lo + hi) / 2, size)
-
-
-def agreement(
-    explainer: Explainer, model: nn.Module, loader: DataLoader, device: torch.device
-) -> dict[str, float]:
-    """How often the predictor, seeing only the masked image ``x * m``, predicts what ``model`` predicts
-    on ``x``.
-
-    Returns ``agreement`` (the selector's masks), ``random_agreement`` (random RBF masks of the same area
-    per image, the baseline to beat) and ``mask_area`` (the selector masks' mean value: the fraction of
-    the image kept). Masks are used as they are (soft), not sampled.
-    """
-    noise = torch.Generator(device=device).manual_seed(AGREEMENT_SEED)
-    hits = {"agreement": 0, "random_agreement": 0}
-    area, count = 0.0, 0
-    with eval_mode(model.to(device)), eval_mode(explainer.selector), eval_mode(explainer.predictor):
-        for images, _ in loader:
-            x = images.to(device)
-            labels = model(x).argmax(dim=1)
-            masks = explainer.masks(model, x, labels)
-            for key, m in (("agreement", masks), ("random_agreement", _area_matched_rbf(masks, noise))):
-                hits[key] += int((explainer.predictor(x * m).argmax(dim=1) == labels).sum())
-            area += float(masks.mean(dim=(1, 2, 3)).sum())
-            count += len(x)
-    return {key: value / max(1, count) for key, value in hits.items()} | {"mask_area": area / max(1, count)}
 
 
 def mask_iou(masks_a: torch.Tensor, masks_b: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
