@@ -7,15 +7,17 @@ recipe (SGD Nesterov, cosine, lr ``--lr``). At the parameter count of the all-3x
 - ``all-kK``: every searchable conv at K_max x K_max, width reduced until it fits the parameters;
 - ``random``: random odd sizes in [1, K_max], shrunk then grown at random to fill the budget;
 - ``searched-scratch``: the kernel-size strategy (``search_init=scratch``, ``budget_kind=params``,
-  ``target_ratio=1``), ``--search-epochs`` of joint search, then the built CNN re-initialised and
-  trained like the others (``final_init=scratch``);
+  ``target_ratio=1``), ``--search-epochs`` of joint search (fractions allowed; stopped early with
+  ``--stop-every`` > 0), then the built CNN re-initialised
+  and trained like the others (``final_init=scratch``);
 - ``searched-cropped``: the same search, then training from the centre-cropped predicted weights
   (``final_init=cropped``: it has seen ``--search-epochs`` more epochs of data than the others).
 
 Columns: test accuracy (on the first ``--test-limit`` official test images; selection never sees
 them), parameters, fvcore FLOPs (batch 1), train and search wall time, and search time as a fraction
-of one full training (the all-3x3 training of the same seed, same process). One row per method and
-seed; one CSV per input size (``results/kernel_size_fashion_mnist_<size>.csv``), written as it goes.
+of one full training (the all-3x3 training of the same seed, same process), and the search's steps.
+One row per method and seed; one CSV per input size (``results/kernel_size_fashion_mnist_<size>.csv``,
+or ``--out``), written as it goes. The defaults reproduce the first run (2 full search epochs).
 
     python benchmarks/kernel_size_fashion_mnist.py --size 28 --limit-train 4000 --epochs 6 --seeds 0,1,2
 """
@@ -57,6 +59,7 @@ FIELDS = (
     "train_s",
     "search_s",
     "search_fraction",
+    "search_steps",
 )
 METHODS = ("all-3x3", "all-k", "random", "searched-scratch", "searched-cropped")
 
@@ -113,7 +116,12 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=1000)
     parser.add_argument("--test-limit", type=int, default=10000)
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of every compared model")
-    parser.add_argument("--search-epochs", type=int, default=2)
+    parser.add_argument("--search-epochs", type=float, default=2.0, help="in epochs of the training set")
+    parser.add_argument(
+        "--stop-every", type=int, default=0, help="steps between size checks (0: no early stop)"
+    )
+    parser.add_argument("--stop-patience", type=int, default=3, help="unchanged checks that stop the search")
+    parser.add_argument("--stop-min-epochs", type=float, default=0.25, help="no early stop before this")
     parser.add_argument("--k-max", type=int, default=7)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--size-lr", type=float, default=0.2)
@@ -148,6 +156,9 @@ def main() -> None:
         "k_max": args.k_max,
         "search_init": "scratch",
         "search_epochs": args.search_epochs,
+        "stop_every": args.stop_every,
+        "stop_patience": args.stop_patience,
+        "stop_min_epochs": args.stop_min_epochs,
         "search_lr": args.lr,
         "size_lr": args.size_lr,
         "finetune_epochs": args.epochs,
@@ -167,7 +178,7 @@ def main() -> None:
             full_s = None
             for method in args.methods.split(","):
                 torch.manual_seed(seed)
-                search_s = float("nan")
+                search_s = steps = float("nan")
                 if method == "all-3x3":
                     model, train_s = train_fixed(context, copy.deepcopy(base), args)
                     full_s = train_s
@@ -182,6 +193,7 @@ def main() -> None:
                     candidate = strategy.run(context, {**params, "final_init": final}, {})
                     model = candidate.model
                     search_s = candidate.metrics["search_seconds"]
+                    steps = candidate.metrics["search_steps"]
                     train_s = time.perf_counter() - start - search_s
                 assert count_params(model) <= budget, (method, count_params(model), budget)
                 row = {
@@ -192,6 +204,7 @@ def main() -> None:
                     "train_s": train_s,
                     "search_s": search_s,
                     "search_fraction": search_s / full_s if full_s else float("nan"),
+                    "search_steps": steps,
                 }
                 rows.append(row)
                 writer.writerow({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in row.items()})
@@ -200,7 +213,9 @@ def main() -> None:
 
     print(
         f"size {args.size}, train {args.limit_train}, epochs {args.epochs}, search epochs "
-        f"{args.search_epochs}, k_max {args.k_max}, budget {budget} params, seeds {args.seeds}, "
+        f"{args.search_epochs:g} (stop every {args.stop_every} steps, "
+        f"patience {args.stop_patience}, min {args.stop_min_epochs:g} epochs), k_max {args.k_max}, "
+        f"budget {budget} params, seeds {args.seeds}, "
         f"threads {args.threads}, torch {torch.__version__}"
     )
     print(

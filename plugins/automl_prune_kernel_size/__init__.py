@@ -7,13 +7,16 @@ project's method spec (shared/methods/kernel_size.md). One trial:
    replaced by K_max-wide convs whose support is a differentiable separable mask of a soft size
    (``layers.py``); sizes from a GRU size predictor, weights from a kernel predictor (base weights +
    size-conditioned ring gains).
-2. ``search_sizes`` (``search.py``): ``search_epochs`` of joint training, cross-entropy plus a budget
-   loss on the soft parameter or FLOPs count (``cost.py``, exact against fvcore at integer sizes);
-   the rounded sizes are repaired to the budget.
-3. The plain CNN at those sizes (BatchNorm statistics re-estimated for it), from the centre-cropped
-   predicted weights (``final_init=cropped``, which computes exactly what the searchable network
-   computed) or re-initialised (``final_init=scratch``), trained for ``finetune_epochs`` with the
-   task's own recipe (``Context.finish``, the budget every compared strategy gets).
+2. ``search_sizes`` (``search.py``): up to ``search_epochs`` (fractions allowed) of joint training,
+   cross-entropy plus a budget loss on the soft parameter or FLOPs count (``cost.py``, exact against
+   fvcore at integer sizes); the rounded sizes are repaired to the budget. With ``stop_every`` > 0 it
+   ends once the repaired sizes are unchanged over ``stop_patience`` checks (after
+   ``stop_min_epochs``).
+3. The plain CNN at those sizes, from the centre-cropped predicted weights with BatchNorm statistics
+   re-estimated (``final_init=cropped``, which computes exactly what the searchable network computed)
+   or re-initialised (``final_init=scratch``), trained for ``finetune_epochs`` with the task's own
+   recipe (``Context.finish``, the budget every compared strategy gets). ``search_seconds`` counts
+   everything before that training (the BatchNorm re-estimation included).
 
 The budget is the space's budget parameter (``target_ratio``), a ratio of the base model's FLOPs or
 parameters (``budget_kind``).
@@ -27,6 +30,7 @@ nothing).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -38,7 +42,7 @@ from automl_prune_kernel_size.convert import kernel_sizes, reinitialise, searcha
 from automl_prune_kernel_size.cost import KernelCost
 from automl_prune_kernel_size.figures import save_kernel_size_figure
 from automl_prune_kernel_size.predictor import SearchableCNN
-from automl_prune_kernel_size.search import search_sizes
+from automl_prune_kernel_size.search import StopRule, search_sizes
 
 
 class KernelSizeStrategy(Strategy):
@@ -74,6 +78,8 @@ class KernelSizeStrategy(Strategy):
                 f"use target_ratio >= {least:.3f} (--set target_ratio=...), or a channel-pruning strategy",
             )
         k_max = int(params["k_max"])
+        full_loader = context.loader("train", shuffle=True)
+        start = time.perf_counter()
         with torch.random.fork_rng():
             torch.manual_seed(context.seed)
             searchable = SearchableCNN(
@@ -85,10 +91,11 @@ class KernelSizeStrategy(Strategy):
             result = search_sizes(
                 searchable,
                 cost,
-                context.loader("train", shuffle=True),
+                full_loader,
                 target=target,
                 kind=kind,
-                epochs=int(params["search_epochs"]),
+                steps=max(1, round(float(params["search_epochs"]) * len(full_loader))),
+                stop=stop_rule(params, len(full_loader)),
                 lr=float(params["search_lr"]),
                 size_lr=float(params["size_lr"]),
                 budget_weight=float(params["budget_weight"]),
@@ -96,13 +103,15 @@ class KernelSizeStrategy(Strategy):
                 device=context.device,
                 progress=context.progress,
             )
-        built = recalibrate_batchnorm(
-            searchable.build(), context.loader("train", shuffle=True), context.device
-        )
+        built = searchable.build()
         metric = context.task.quality_metric
-        searched_quality = context.evaluate(built)[metric]
-        if params["final_init"] == "scratch":
+        if params["final_init"] == "scratch":  # the searched weights are dropped: no BatchNorm to re-estimate
             reinitialise(built, context.seed)
+            search_seconds, after_search = time.perf_counter() - start, {}
+        else:
+            recalibrate_batchnorm(built, context.loader("train", shuffle=True), context.device)
+            search_seconds = time.perf_counter() - start
+            after_search = {f"val_{metric}_after_search": context.evaluate(built)[metric]}
         figure = save_kernel_size_figure(
             context.figure_path("kernel_sizes"),
             result.sizes,
@@ -111,17 +120,18 @@ class KernelSizeStrategy(Strategy):
             k_max=k_max,
             title=f"kernel sizes at {ratio:.2f} of the base {kind} (K_max {k_max})",
         )
-        last = result.history[-1] if result.history else {}
         return context.finish(
             built,
             params,
             target_flops=target if kind == "flops" else None,
             metrics={
-                f"val_{metric}_after_search": searched_quality,
-                "search_seconds": result.seconds,
-                "search_ce_first": result.history[0]["ce"] if result.history else float("nan"),
-                "search_ce_last": last.get("ce", float("nan")),
-                "search_ratio_last": last.get("ratio", float("nan")),
+                **after_search,
+                "search_seconds": search_seconds,
+                "search_steps": float(result.steps),
+                "search_stopped_early": float(result.stopped_early),
+                "search_ce_first": result.history[0]["ce"],
+                "search_ce_last": result.history[-1]["ce"],
+                "search_ratio_last": result.history[-1]["ratio"],
                 "predicted_params": float(cost.exact(result.sizes, "params")),
                 "predicted_flops": float(cost.exact(result.sizes, "flops")),
                 "mean_kernel_size": sum(result.sizes.values()) / len(result.sizes),
@@ -139,6 +149,15 @@ class KernelSizeStrategy(Strategy):
             },
             figures=[figure],
         )
+
+
+def stop_rule(params: dict[str, Any], steps_per_epoch: int) -> StopRule | None:
+    """The space's early stop (``stop_every`` 0: none), its minimum converted from epochs to steps."""
+    every = int(params["stop_every"])
+    if every == 0:
+        return None
+    minimum = round(float(params["stop_min_epochs"]) * steps_per_epoch)
+    return StopRule(every=every, patience=int(params["stop_patience"]), min_steps=minimum)
 
 
 @hookimpl
