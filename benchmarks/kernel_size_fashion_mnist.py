@@ -17,7 +17,7 @@ Columns: test accuracy (on the first ``--test-limit`` official test images; sele
 them), parameters, fvcore FLOPs (batch 1), train and search wall time, and search time as a fraction
 of one full training (the all-3x3 training of the same seed, same process), and the search's steps.
 One row per method and seed; one CSV per input size (``results/kernel_size_fashion_mnist_<size>.csv``,
-or ``--out``), written as it goes. The defaults reproduce the first run (2 full search epochs).
+or ``--out``), written as it goes. The defaults are the first run's settings (2 full search epochs).
 
     python benchmarks/kernel_size_fashion_mnist.py --size 28 --limit-train 4000 --epochs 6 --seeds 0,1,2
 """
