@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from automl_prune_gan.figures import save_balance_plot
+from automl_prune_gan.task import ImageTranslationTask
 from summary import budget_table, write_csv
 
 from automl_prune.flops import count_flops
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--model", default="pix2pix-unet")
     parser.add_argument("--data", default="photo-edges")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--base-epochs", type=int, default=20)
+    parser.add_argument("--base-epochs", type=int, default=ImageTranslationTask.base_epochs)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--budgets", default="0.5,0.25")
     parser.add_argument("--seeds", default="0,1,2")
