@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,29 @@ METHODS = {  # name: (strategy, parameter overrides)
     "isp": ("interpretation", {}),
     "ce-only": ("interpretation", {"l_int": 0.0, "l_cls": 1.0}),
     "l1": ("magnitude", {"criterion": "l1"}),
+    "l2": ("magnitude", {"criterion": "l2"}),
     "taylor": ("magnitude", {"criterion": "taylor"}),
     "random": ("magnitude", {"criterion": "random"}),
 }
 METRICS = ("test_accuracy", "mflops", "flops_ratio", "params_k", "latency_b1_ms", "mask_iou")
 
 
+def add_setting_arguments(
+    parser: argparse.ArgumentParser, *, limit_train: int, base_epochs: int, threads: int
+) -> None:
+    """The options :func:`prepare` reads: data scale, base training, fine-tuning, model, device."""
+    parser.add_argument("--limit-train", type=int, default=limit_train, help="training images (of 55,000)")
+    parser.add_argument("--base-epochs", type=int, default=base_epochs)
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--model", default="resnet20", help="resnet20 or resnet56")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=threads)
+
+
 def prepare(strategy: str, args: argparse.Namespace, out: Path) -> Prepared:
     config = SearchConfig(
         strategy=strategy,
-        model="resnet20",
+        model=args.model,
         data="fashion-mnist",
         data_args={"limit_train": args.limit_train},
         out=str(out),
@@ -50,6 +64,7 @@ def prepare(strategy: str, args: argparse.Namespace, out: Path) -> Prepared:
         base_lr=0.1,
         batch_size=128,
         max_flops="0.5",
+        device=args.device,
         overrides=[f"finetune_epochs={args.finetune_epochs}", "lr=0.02"],
     )
     return prepare_search(plan_search(config))
@@ -60,7 +75,10 @@ def run(
 ) -> dict[str, float]:
     context = replace(prepared.context, seed=seed)
     torch.manual_seed(seed)
-    candidate = prepared.plan.strategy.run(context, params, prepared.artifacts_for(params))
+    artifacts = prepared.artifacts_for(params)
+    start = time.perf_counter()
+    candidate = prepared.plan.strategy.run(context, params, artifacts)
+    seconds = time.perf_counter() - start
     model = candidate.model.eval()
     example = context.example_input(1)
     flops = count_flops(model, example)
@@ -68,25 +86,24 @@ def run(
     if iou is None:
         iou = explanation_agreement(isp.context, isp.artifacts, model, candidate.spec["keep"])
     return {
+        "val_accuracy": candidate.quality,
         "test_accuracy": candidate.metrics["test_accuracy"],
         "mflops": flops / 1e6,
         "flops_ratio": flops / context.base_flops,
         "params_k": count_params(model) / 1e3,
         "latency_b1_ms": measure_latency(model, example, budget_s=0, min_repeats=repeats).median_ms,
         "mask_iou": float(iou),
+        "seconds": seconds,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit-train", type=int, default=5000, help="training images (of 55,000)")
-    parser.add_argument("--base-epochs", type=int, default=10)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    add_setting_arguments(parser, limit_train=5000, base_epochs=10, threads=2)
     parser.add_argument("--budgets", default="0.5,0.25")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=30, help="timed forwards per latency median")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "isp_fashion_mnist.csv")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -114,7 +131,7 @@ def main() -> None:
     print(
         f"base: val acc {base['quality']:.4f}, {base['flops'] / 1e6:.2f} MFLOPs; train {args.limit_train}, "
         f"base {args.base_epochs} ep, fine-tune {args.finetune_epochs} ep, seeds {args.seeds}, "
-        f"threads {args.threads}, torch {torch.__version__}"
+        f"{args.model} on {args.device}, threads {args.threads}, torch {torch.__version__}"
     )
     print(budget_table(rows, args.methods.split(","), METRICS))
     print(f"wrote {args.out}")
