@@ -122,7 +122,7 @@ def search(
     backend: Annotated[
         str | None, typer.Option(help="optuna (in-process, the default) or ray (Ray Tune).")
     ] = None,
-    sampler: Annotated[str | None, typer.Option(help="nsga2 (default), tpe or random.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe (default), nsga2 or random.")] = None,
     workers: Annotated[int | None, typer.Option(help="Concurrent trials (ray backend; default 1).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default 0).")] = None,
