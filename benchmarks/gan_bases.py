@@ -68,8 +68,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-gan-bases-"))
     rows = []
-    for model, data in (base for base in BASES if base[1] in args.data.split(",")):
-        args.model, args.data = model, data
+    for model, data in [base for base in BASES if base[1] in args.data.split(",")]:
+        args.model, args.data = model, data  # what prepare() reads
         prepared = prepare("gan", args, work / data)
         figure = args.out.with_name(f"gan_base_{data.replace('-', '_')}.png")
         row = {"model": model, "data": data, "base_epochs": args.base_epochs}
