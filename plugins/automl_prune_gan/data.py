@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data as skdata
 from skimage import feature
-from sklearn.datasets import load_sample_images
 from torch.utils.data import Dataset
 
 from automl_prune.api import (
@@ -88,6 +87,8 @@ EDGE_SIGMA = 1.5
 @lru_cache(maxsize=1)
 def _photos() -> dict[str, np.ndarray]:
     """The decoded sample photos (H, W, 3) uint8, read-only; kept in memory, never written to disk."""
+    from sklearn.datasets import load_sample_images  # here, not at import: plugin discovery stays light
+
     photos = {
         name: getattr(skdata, name)()
         for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
