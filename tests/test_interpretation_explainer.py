@@ -191,12 +191,13 @@ def test_deleting_what_the_model_reads_changes_its_output() -> None:
             return torch.stack([10 * s - 5, torch.zeros_like(s)], dim=1)
 
     x = torch.ones(3, 1, *SIZE)
-    labels = torch.zeros(3, dtype=torch.long)
+    probs = TopLeft()(x).softmax(dim=1)
+    assert bool((probs.argmax(dim=1) == 0).all())
     read, unread = torch.zeros(3, 1, *SIZE), torch.zeros(3, 1, *SIZE)
     read[..., :8, :8], unread[..., 8:, 8:] = 1, 1
-    drop, flip = deletion_effect(TopLeft(), x, read, labels)
+    drop, flip = deletion_effect(TopLeft(), x, read, probs)
     assert bool(flip.all()) and float(drop.min()) > 0.9
-    drop, flip = deletion_effect(TopLeft(), x, unread, labels)
+    drop, flip = deletion_effect(TopLeft(), x, unread, probs)
     assert not bool(flip.any()) and torch.allclose(drop, torch.zeros(3))
 
 

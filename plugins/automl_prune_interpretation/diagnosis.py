@@ -8,6 +8,8 @@ know how much to keep but not where.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -69,30 +71,15 @@ def cross_image_iou(masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
 
 
 def deletion_effect(
-    model: nn.Module, x: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+    model: nn.Module, x: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What deleting each mask's region (``x * (1 - m)``: the inputs' zero, the normalised mean) does to
-    ``model``: the drop in its probability of ``labels`` ``[N]``, and whether its class changes ``[N]``."""
-    before = model(x).softmax(dim=1).gather(1, labels[:, None])[:, 0]
+    ``model``, given its class probabilities ``probs`` on ``x`` (computed once for every mask tried): the
+    drop in the probability of its class ``[N]``, and whether its class changes ``[N]``."""
+    labels = probs.argmax(dim=1, keepdim=True)
     after_logits = model(x * (1 - masks))
-    after = after_logits.softmax(dim=1).gather(1, labels[:, None])[:, 0]
-    return before - after, after_logits.argmax(dim=1) != labels
-
-
-class _Means:
-    """Running sums of per-image values, read back as means."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, n: int, **values: torch.Tensor) -> None:
-        for key, v in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(v.float().sum())
-        self.count += n
-
-    def means(self) -> dict[str, float]:
-        return {key: total / max(1, self.count) for key, total in self.sums.items()}
+    drop = probs.gather(1, labels)[:, 0] - after_logits.softmax(dim=1).gather(1, labels)[:, 0]
+    return drop, after_logits.argmax(dim=1) != labels[:, 0]
 
 
 def explainer_quality(
@@ -112,7 +99,7 @@ def explainer_quality(
     Masks are used as they are (soft), not sampled.
     """
     noise = torch.Generator(device=device).manual_seed(AGREEMENT_SEED)
-    totals = _Means()
+    per_image: dict[str, list[torch.Tensor]] = defaultdict(list)
     centres = []
     with (
         torch.no_grad(),
@@ -122,15 +109,18 @@ def explainer_quality(
     ):
         for images, _ in loader:
             x = images.to(device)
-            labels = model(x).argmax(dim=1)
+            probs = model(x).softmax(dim=1)
+            labels = probs.argmax(dim=1)
             masks = explainer.masks(model, x, labels)
             values = {"mask_area": masks.mean(dim=(1, 2, 3)), "cross_image_iou": cross_image_iou(masks)}
             for prefix, m in {"": masks, **{f"{k}_": v for k, v in baselines(masks, noise).items()}}.items():
-                drop, flip = deletion_effect(model, x, m, labels)
+                drop, flip = deletion_effect(model, x, m, probs)
                 values[f"{prefix}agreement"] = explainer.predictor(x * m).argmax(dim=1) == labels
                 values[f"{prefix}deletion_drop"], values[f"{prefix}deletion_flip"] = drop, flip
-            totals.add(len(x), **values)
+            for key, value in values.items():
+                per_image[key].append(value.float().cpu())
             centres.append(centroids(masks).cpu())
     found = torch.cat(centres)
     spread = (found - found.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt() / max(explainer.image_size)
-    return totals.means() | {"centre_spread": float(spread)}
+    means = {key: float(torch.cat(parts).mean()) for key, parts in per_image.items()}
+    return means | {"centre_spread": float(spread)}
