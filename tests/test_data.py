@@ -107,6 +107,14 @@ def test_fashion_mnist_parser_on_tiny_idx_files(tmp_path: Path) -> None:
     assert set(data.test.tensors[1].tolist()) == set(range(10))
 
 
+@pytest.mark.parametrize("limit", [50, 51])
+def test_fashion_mnist_limit_of_the_whole_rest_keeps_all_of_it(tmp_path: Path, limit: int) -> None:
+    _fake_mnist(tmp_path)  # 60 training images: 10 for val leave 50, the full-scale "55,000 of 55,000"
+    data = load_dataset(f"fashion-mnist:{tmp_path}", val_size=10, limit_train=limit)
+    assert (len(data.train), len(data.val)) == (50, 10)
+    assert torch.bincount(data.train.tensors[1]).tolist() == [5] * 10
+
+
 def test_fashion_mnist_missing_or_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", root=tmp_path)

@@ -104,15 +104,17 @@ def fashion_mnist(
     preprocess: ImageOptions,
 ) -> DataSplits:
     """Fashion-MNIST; val = ``val_size`` images held out of the 60k train set (stratified, seeded),
-    test = the official 10k. ``limit_train`` keeps a stratified subset of the rest for quick runs;
-    ``size`` resizes from 28x28. Standardised with the train split's statistics unless
-    ``norm`` or ``mean``/``std`` say otherwise; not augmented by default (as digits: small images).
+    test = the official 10k. ``limit_train`` keeps a stratified subset of the rest for quick runs (the
+    whole rest when the limit is at least its size, so 55,000 means all of it); ``size`` resizes from
+    28x28. Standardised with the train split's statistics unless ``norm`` or ``mean``/``std`` say
+    otherwise; not augmented by default (as digits: small images).
     """
     folder = find_files(arg or root, download=download)
     train_images, train_labels = load_split(folder, "train")
-    holdout = (val_size,) if limit_train is None else (val_size, limit_train)
+    limited = limit_train is not None and limit_train < len(train_labels) - val_size  # else: all the rest
+    holdout = (val_size, limit_train) if limited else (val_size,)
     parts = seeded_split(len(train_labels), holdout, seed=seed, labels=train_labels.numpy())
-    train_idx, val_idx = (parts[0], parts[1]) if limit_train is None else (parts[2], parts[1])
+    train_idx, val_idx = (parts[2], parts[1]) if limited else (parts[0], parts[1])
     return tensor_splits(
         "fashion-mnist",
         [
