@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired, unpaired_folder
+from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
+from automl_prune_gan.folders import unpaired_folder
 from PIL import Image
 
 from automl_prune.data.base import DataSplits

@@ -300,7 +300,8 @@ def register_models(register: Any) -> None:
 
 @hookimpl
 def register_datasets(register: Any) -> None:
-    from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired, unpaired_folder
+    from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
+    from automl_prune_gan.folders import unpaired_folder
 
     for name, factory, description in (
         ("photo-edges", photo_edges, "Canny edges -> colour patches of scikit-image's photos (offline)"),
