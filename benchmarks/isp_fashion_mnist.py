@@ -39,6 +39,7 @@ METHODS = {  # name: (strategy, parameter overrides)
     "random": ("magnitude", {"criterion": "random"}),
 }
 METRICS = ("test_accuracy", "mflops", "flops_ratio", "params_k", "latency_b1_ms", "mask_iou")
+FIELDS = ("budget", "method", "seed", *METRICS, "val_accuracy", "seconds")
 
 
 def add_setting_arguments(
@@ -125,7 +126,7 @@ def main() -> None:
                 }
                 print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
                 rows.append(row)
-    write_csv(args.out, rows, ["budget", "method", "seed", *METRICS])
+                write_csv(args.out, rows, FIELDS)  # after every run: a stopped benchmark keeps what finished
 
     base = prepared["magnitude"].base
     print(
