@@ -7,7 +7,6 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
-import torch
 from automl_prune_diffusion_moe.agent import RoutingAgent
 from automl_prune_diffusion_moe.experts import average_flops_per_step
 from automl_prune_diffusion_moe.strategy import DiffusionMoEStrategy, equal_allocation, pick_mixture
@@ -15,11 +14,11 @@ from automl_prune_diffusion_moe.strategy import DiffusionMoEStrategy, equal_allo
 from automl_prune.api import BudgetError, count_flops, sampler_timesteps
 from automl_prune.data.registry import load_dataset
 from automl_prune.diffusion.task import DiffusionTask
-from automl_prune.progress import Progress
 from automl_prune.pruning import CompositeModel
 from automl_prune.space import load_space
 from automl_prune.strategy import Context
 from tests.diffusion_moe_common import EXAMPLE, UNET, dense_unet
+from tests.searches import trial_context
 
 pytest.importorskip("diffusers")
 
@@ -47,19 +46,7 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Context:
     data = load_dataset("digits", size=16)
     model = dense_unet()
     out = tmp_path_factory.mktemp("moe")
-    return Context(
-        model=model,
-        model_ref=UNET,
-        data=data,
-        task=DiffusionTask(),
-        device=torch.device("cpu"),
-        seed=0,
-        run_dir=out,
-        cache_dir=out,
-        progress=Progress(quiet=True),
-        base_flops=count_flops(model, EXAMPLE),
-        budget_param="target_flops_ratio",
-    )
+    return trial_context(model, UNET, data, DiffusionTask(), out, base_flops=count_flops(model, EXAMPLE))
 
 
 def test_trial_meets_the_average_flops_target_with_figures_and_spec(context: Context) -> None:

@@ -36,6 +36,7 @@ from automl_prune.progress import Progress
 from automl_prune.pruning import ChannelGates, analyze
 from automl_prune.strategy import Context
 from automl_prune.tasks.classification import ClassificationTask
+from tests.searches import trial_context
 
 SIZE = (16, 16)
 QUIET = Progress(quiet=True)
@@ -51,18 +52,7 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Context:
     model = resnet20(width=8, in_channels=1, num_classes=10)
     task.train(model, data, epochs=3, lr=0.1, batch_size=64, device=CPU, seed=0, progress=QUIET)
     out = tmp_path_factory.mktemp("isp")
-    return Context(
-        model=model.eval(),
-        model_ref=ModelRef("resnet20", {"width": 8}),
-        data=data,
-        task=task,
-        device=CPU,
-        seed=0,
-        run_dir=out,
-        cache_dir=out,
-        progress=QUIET,
-        base_flops=1,
-    )
+    return trial_context(model.eval(), ModelRef("resnet20", {"width": 8}), data, task, out)
 
 
 @pytest.fixture(scope="module")

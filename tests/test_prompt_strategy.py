@@ -12,13 +12,13 @@ from automl_prune_prompt.strategy import PromptStrategy, split_steps
 
 from automl_prune.data.registry import load_dataset
 from automl_prune.models.base import ModelRef
-from automl_prune.progress import Progress
 from automl_prune.pruning import CompositeModel, PromptRouter, save_pruned
 from automl_prune.space import load_space
 from automl_prune.strategy import Candidate, Context
 from automl_prune.text_to_image import generate
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask
+from tests.searches import trial_context
 
 pytest.importorskip("transformers")
 
@@ -52,19 +52,8 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Context:
     torch.manual_seed(0)
     model = t2i_unet(data.info, SMALL).eval()
     out = tmp_path_factory.mktemp("prompt")
-    return Context(
-        model=model,
-        model_ref=ModelRef("t2i-unet-tiny", {"block_out_channels": [16, 16, 16], "norm_num_groups": 4}),
-        data=data,
-        task=task,
-        device=torch.device("cpu"),
-        seed=0,
-        run_dir=out,
-        cache_dir=out,
-        progress=Progress(quiet=True),
-        base_flops=task.flops(model, data),
-        budget_param="target_flops_ratio",
-    )
+    ref = ModelRef("t2i-unet-tiny", {"block_out_channels": [16, 16, 16], "norm_num_groups": 4})
+    return trial_context(model, ref, data, task, out)
 
 
 @pytest.fixture(scope="module")

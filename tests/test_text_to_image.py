@@ -20,10 +20,10 @@ from automl_prune.flops import count_flops
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
 from automl_prune.pruning import ChannelGates, GatedFlops, analyze, save_pruned, slice_checked
-from automl_prune.strategy import Context
 from automl_prune.text_to_image.models import TINY, t2i_unet
 from automl_prune.text_to_image.task import TextToImageTask, caption_ids, caption_states
 from automl_prune.text_to_image.text_encoder import encoder_spec, local_encoder, random_encoder, text_encoder
+from tests.searches import trial_context
 
 pytest.importorskip("transformers")
 
@@ -173,19 +173,7 @@ def test_magnitude_meets_a_budget_in_guided_steps(
     from automl_prune_magnitude import MagnitudeStrategy
 
     model = unet(data).eval()
-    context = Context(
-        model=model,
-        model_ref=ModelRef("t2i-unet-tiny"),
-        data=data,
-        task=task,
-        device=CPU,
-        seed=0,
-        run_dir=tmp_path,
-        cache_dir=tmp_path,
-        progress=Progress(quiet=True),
-        base_flops=task.flops(model, data),
-        budget_param="target_flops_ratio",
-    )
+    context = trial_context(model, ModelRef("t2i-unet-tiny"), data, task, tmp_path)
     params = {"target_flops_ratio": 0.5, "criterion": "l1", "scope": "global", "lr": 1e-3}
     params |= {"finetune_epochs": 0, "distill": False, "channel_multiple": 1}
     assert context.call_target_flops(params) == context.target_flops(params) / 2
