@@ -85,7 +85,7 @@ class InterpretationStrategy(Strategy):
     # ---- prepare: explainer + pruning pairs (cached by the core) ----------------------------------
 
     def prepare(self, context: Context, settings: dict[str, Any]) -> dict[str, Any]:
-        from automl_prune_interpretation.diagnosis import explainer_quality
+        from automl_prune_interpretation.diagnosis import explainer_quality, uninformative
         from automl_prune_interpretation.explainer import build_explainer, explainer_state
         from automl_prune_interpretation.rbf import activate
 
@@ -126,6 +126,8 @@ class InterpretationStrategy(Strategy):
             centre, width = activate(raw, tuple(explainer.image_size))
             pairs.update(centre=centre, width=width)
         quality = explainer_quality(explainer, model, context.loader("val"), context.device)
+        if notice := uninformative(quality):
+            context.progress.log(notice)
         probe = copy.deepcopy(context.model).eval()
         example = context.example_input(1)
         groups = tap_groups(
