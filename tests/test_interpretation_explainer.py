@@ -183,7 +183,7 @@ def test_explainers_no_better_than_a_centred_mask_get_a_notice_with_the_fix() ->
     notice = uninformative(defaults)
     assert notice is not None and "0.787 vs 0.779" in notice and "selector_lr=1e-2" in notice
     notice = uninformative(covering)
-    assert notice is not None and "raise the area penalty l1" in notice
+    assert notice is not None and "raise the area penalty (--set l1=" in notice
     assert uninformative(faithful) is None
 
 

@@ -24,7 +24,7 @@ AGREEMENT_SEED = 0  # random baseline masks are the same for every call
 # too little to steer pruning: 0.8 points with the defaults on 5,000 Fashion-MNIST images, 0.3 on 55,000
 # (masks covering the image); 8.7 at selector lr 1e-2 and 40.7 for the pixel selector.
 INFORMATIVE_GAIN = 0.01
-FULL_MASK_AREA = 0.9
+FULL_MASK_AREA = 0.9  # above this mean mask value the masks keep (nearly) the whole image
 
 
 def area_matched_rbf(masks: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
@@ -140,9 +140,9 @@ def uninformative(quality: dict[str, float]) -> str | None:
         return None
     area = quality["mask_area"]
     fix = (
-        "its masks cover the image: raise the area penalty l1"
+        "its masks cover the image: raise the area penalty (--set l1=..., default 0.2)"
         if area > FULL_MASK_AREA
-        else "selector_lr=1e-2 gave per-image masks on Fashion-MNIST (though not more accurate pruned models)"
+        else "--set selector_lr=1e-2 gave per-image masks on Fashion-MNIST (not more accurate pruned models)"
     )
     return (
         f"interpretation: the explainer's masks are no more informative than a centred mask of the same area "
