@@ -203,6 +203,14 @@ def test_unpaired_folder(cyclegan_folder: Path) -> None:
     assert grey.train[0][0].shape == (1, 12, 12) and grey.train[0][1].shape == (3, 12, 12)
 
 
+def test_a_corrupt_training_image_is_named(cyclegan_folder: Path) -> None:
+    """Unpaired training images are read like every other file-backed image: a DataError naming the file."""
+    (cyclegan_folder / "trainB" / "b3.png").write_bytes(b"not a png")
+    splits = unpaired_folder(str(cyclegan_folder), size=8, seed=3)
+    with pytest.raises(DataError, match=r"cannot read image .*b3\.png"):
+        _stack(splits.train)
+
+
 def test_unpaired_folder_errors(cyclegan_folder: Path) -> None:
     (cyclegan_folder / "valB" / "y.png").rename(cyclegan_folder / "valB" / "z.png")
     with pytest.raises(DataError, match="same file name"):

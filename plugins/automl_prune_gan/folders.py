@@ -25,6 +25,7 @@ from automl_prune.api import (
     first_image,
     image_files,
     image_size_of,
+    read_image,
 )
 from automl_prune_gan.data import TASK, UnpairedPairs
 
@@ -41,8 +42,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image)
+        return self.transform(read_image(self.paths[index]))
 
 
 UNPAIRED_FOLDERS = ("trainA", "trainB", "valA", "valB", "testA", "testB")
