@@ -39,7 +39,7 @@ METHODS = {  # name: (strategy, parameter overrides)
     "random": ("magnitude", {"criterion": "random"}),
 }
 METRICS = ("test_accuracy", "mflops", "flops_ratio", "params_k", "latency_b1_ms", "mask_iou")
-FIELDS = ("budget", "method", "seed", *METRICS, "val_accuracy", "seconds")
+FIELDS = ("budget", "method", "seed", *METRICS, "val_accuracy", "seconds", "device")
 
 
 def add_setting_arguments(
@@ -95,6 +95,7 @@ def run(
         "latency_b1_ms": measure_latency(model, example, budget_s=0, min_repeats=repeats).median_ms,
         "mask_iou": float(iou),
         "seconds": seconds,
+        "device": context.device.type,  # latency and seconds are only comparable between rows of one device
     }
 
 
