@@ -6,8 +6,8 @@ What the plugin registers, all through the same hooks a third party would use:
 - the ``image-translation`` task (``task.py``): GAN training with the model's own objective, PSNR as
   quality, L1/SSIM beside it;
 - models ``pix2pix-unet``, ``pix2pix-resnet`` and ``cyclegan-resnet`` (``models.py``);
-- datasets ``photo-edges``, ``photo-colour``, ``photo-unpaired`` (scikit-image photos, offline) and
-  ``unpaired:PATH`` (``data.py``);
+- datasets ``photo-edges``, ``photo-colour``, ``photo-unpaired`` (scikit-image photos, offline;
+  ``data.py``) and ``unpaired:PATH`` (the user's folders; ``folders.py``);
 - the strategy ``gan``.
 
 One trial: the agent phase (``agents.py``: genG and genD with peer feedback, the local-density
