@@ -12,7 +12,8 @@ is the contract the core keeps stable; the modules behind it may move.
   records, made by :func:`measure_latency` (a model call) or :func:`measure_calls` (any callable);
 - data: :class:`DataInfo`, :class:`DataSplits`, and the helpers of file-backed datasets
   (:func:`dataset_folder`, :func:`image_files`, :func:`first_image`, :func:`read_image`,
-  :class:`PairedImages`, :func:`image_size_of`, :func:`file_transform`, :func:`file_extra`);
+  :class:`PairedImages`, :func:`image_size_of`, :func:`file_transform`, :func:`file_extra`), and the
+  in-memory :func:`fashion_mnist` a plugin may derive its own dataset from;
 - errors (each carries the problem and how to fix it): :class:`AutomlPruneError` and its kinds;
 - :class:`Progress`; search spaces (:func:`builtin_space_path`, :func:`load_space`); files
   (:func:`atomic_write_bytes`, :func:`png_bytes`, :func:`save_sample_grid`); counting
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from automl_prune.data.base import DataInfo, DataSplits
 from automl_prune.data.common import file_extra, file_transform, image_size_of
+from automl_prune.data.fashion_mnist import fashion_mnist
 from automl_prune.data.folders import PairedImages, dataset_folder, first_image, image_files, read_image
 from automl_prune.diffusion.sampling import noise_scheduler, sampler_timesteps
 from automl_prune.errors import (
@@ -102,6 +104,7 @@ __all__ = [
     "default_inception_path",
     "encode_in_batches",
     "eval_mode",
+    "fashion_mnist",
     "fid",
     "file_extra",
     "file_transform",

@@ -6,6 +6,7 @@ starts from. FID uses the standard Inception network on the first ``--fid-images
 the benchmark does on test; the grids show every ``n // 8``-th val and test patch.
 
     python benchmarks/gan_bases.py --threads 1
+    python benchmarks/gan_bases.py --data fashion-edges --limit-train 5000 --base-epochs 10 --threads 1
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from pathlib import Path
 
 import torch
 from automl_prune_gan.figures import save_sample_grid
-from automl_prune_gan.task import ImageTranslationTask
-from gan_translation import prepare
+from gan_translation import add_base_arguments, prepare
 from summary import write_csv
 
 from automl_prune.api import InceptionEncoder, encode_in_batches, fid
@@ -28,6 +28,7 @@ BASES = (
     ("pix2pix-unet", "photo-colour"),
     ("pix2pix-unet", "photo-edges"),
     ("cyclegan-resnet", "photo-unpaired"),
+    ("pix2pix-unet", "fashion-edges"),
 )
 COLUMNS = 8
 
@@ -56,11 +57,15 @@ def measure(prepared: Prepared, fid_images: int, figure: Path) -> dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-epochs", type=int, default=ImageTranslationTask.base_epochs)
+    add_base_arguments(parser)
     parser.add_argument("--fid-images", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data", default=",".join(data for _, data in BASES), help="which bases")
+    parser.add_argument(
+        "--data",
+        default=",".join(data for _, data in BASES if data.startswith("photo-")),
+        help="which bases (fashion-edges on its own, with its --limit-train and --base-epochs)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "gan_bases.csv")
     args = parser.parse_args()
     args.finetune_epochs = 1  # prepare() sets a fine-tuning budget; no trial runs here

@@ -21,6 +21,7 @@ CSV and a plot (``gan`` vs ``l1-g-only``, mean over seeds).
     python benchmarks/gan_translation.py --seeds 0,1,2 --threads 1
     python benchmarks/gan_translation.py --data photo-colour --device cuda
     python benchmarks/gan_translation.py --model cyclegan-resnet --data photo-unpaired --device cuda
+    python benchmarks/gan_translation.py --data fashion-edges --limit-train 5000 --base-epochs 10
 """
 
 from __future__ import annotations
@@ -69,11 +70,20 @@ def prepare(strategy: str, args: argparse.Namespace, out: Path) -> Prepared:
         data=args.data,
         device=args.device,
         out=str(out),
+        data_args={} if args.limit_train is None else {"limit_train": args.limit_train},
         base_epochs=args.base_epochs,
+        base_lr=args.base_lr,
         max_flops="0.5",
         overrides=[f"finetune_epochs={args.finetune_epochs}", "lr=2e-4"],
     )
     return prepare_search(plan_search(config))
+
+
+def add_base_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`prepare` reads for the data and the base GAN (the base cache key follows them)."""
+    parser.add_argument("--base-epochs", type=int, default=ImageTranslationTask.base_epochs)
+    parser.add_argument("--base-lr", type=float, help="base GAN lr (default: the task's)")
+    parser.add_argument("--limit-train", type=int, help="training images of fashion-edges (default: all)")
 
 
 def run(
@@ -111,7 +121,7 @@ def main() -> None:
     parser.add_argument("--model", default="pix2pix-unet")
     parser.add_argument("--data", default="photo-edges")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--base-epochs", type=int, default=ImageTranslationTask.base_epochs)
+    add_base_arguments(parser)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--budgets", default="0.5,0.25")
     parser.add_argument("--seeds", default="0,1,2")

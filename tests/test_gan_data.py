@@ -1,4 +1,5 @@
-"""The GAN plugin's offline image-to-image datasets: photo patches and CycleGAN-style folders."""
+"""The GAN plugin's offline image-to-image datasets: photo patches, Fashion-MNIST edges -> garment and
+CycleGAN-style folders."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
+from automl_prune_gan.fashion import fashion_edges, garment_edges
 from automl_prune_gan.folders import unpaired_folder
+from automl_prune_gan.models import pix2pix
 from PIL import Image
 
 from automl_prune.data.base import DataSplits
 from automl_prune.errors import DataError
+from tests.test_data import _fake_mnist
 
 LUMA = torch.tensor([0.2125, 0.7154, 0.0721]).view(3, 1, 1)  # skimage.color.rgb2gray's weights
 ALL_PHOTOS = {
@@ -223,3 +227,26 @@ def test_unpaired_folder_errors(cyclegan_folder: Path) -> None:
     assert "testB" not in error.value.problem and "testA" in error.value.fix
     with pytest.raises(DataError, match="does not exist"):
         unpaired_folder(str(cyclegan_folder / "nowhere"))
+
+
+def test_fashion_edges_pairs_every_garment_with_its_own_edges(tmp_path: Path) -> None:
+    _fake_mnist(tmp_path)  # 60 train + 20 test images of noise, in Fashion-MNIST's idx files
+    data = fashion_edges(str(tmp_path), limit_train=30, val_size=10)
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 20)
+    for split in (data.train, data.val, data.test):
+        edges, garments = split.tensors
+        assert edges.shape == garments.shape == (len(split), 1, 32, 32)
+        assert set(edges.unique().tolist()) == {-1.0, 1.0}
+        assert garments.min() >= -1 and garments.max() <= 1
+        assert torch.equal(edges, garment_edges(garments))
+    assert data.info.in_channels == 1 and data.info.extra["out_channels"] == 1
+    out = pix2pix(data.info)(data.val.tensors[0][:2])
+    assert out.shape == (2, 1, 32, 32)
+
+
+def test_garment_edges_outline_a_garment_on_the_image_border() -> None:
+    image = -torch.ones(1, 1, 32, 32)
+    image[0, 0, 8:24, :16] = 1  # a white block touching the left border on a black background
+    edges = garment_edges(image)[0, 0] > 0
+    assert edges[8:24, 0].all()  # the border side is outlined, as on a black canvas
+    assert not edges[:7].any() and not edges[25:].any() and not edges[:, 17:].any()  # nothing else

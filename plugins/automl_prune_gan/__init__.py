@@ -7,7 +7,8 @@ What the plugin registers, all through the same hooks a third party would use:
   quality, L1/SSIM beside it;
 - models ``pix2pix-unet``, ``pix2pix-resnet`` and ``cyclegan-resnet`` (``models.py``);
 - datasets ``photo-edges``, ``photo-colour``, ``photo-unpaired`` (scikit-image photos, offline;
-  ``data.py``) and ``unpaired:PATH`` (the user's folders; ``folders.py``);
+  ``data.py``), ``fashion-edges`` (edges -> garment on Fashion-MNIST; ``fashion.py``) and
+  ``unpaired:PATH`` (the user's folders; ``folders.py``);
 - the strategy ``gan``.
 
 One trial: the agent phase (``agents.py``: genG and genD with peer feedback, the local-density
@@ -301,6 +302,7 @@ def register_models(register: Any) -> None:
 @hookimpl
 def register_datasets(register: Any) -> None:
     from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
+    from automl_prune_gan.fashion import fashion_edges
     from automl_prune_gan.folders import unpaired_folder
 
     for name, factory, description in (
@@ -311,6 +313,7 @@ def register_datasets(register: Any) -> None:
             photo_unpaired,
             "grey <-> colour, unpaired training halves of scikit-image's photos; paired val/test",
         ),
+        ("fashion-edges", fashion_edges, "Canny edges -> Fashion-MNIST garments, 32x32 grey (offline)"),
         (
             "unpaired",
             unpaired_folder,
