@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import feature
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from automl_prune.api import DataInfo, DataSplits, fashion_mnist, file_extra
-from automl_prune_gan.data import TASK
+from automl_prune_gan.data import TASK, canny_edges
 
 # Canny's Gaussian sigma in pixels of the 32x32 image, chosen by eye on val garments (it keeps the outline
 # and the main inner lines: collars, zips, soles); not tuned.
@@ -33,9 +33,9 @@ def garment_edges(images: torch.Tensor, sigma: float = EDGE_SIGMA) -> torch.Tens
     its Gaussian, so a garment that touches the image border is outlined there too.
     """
     pad = int(np.ceil(4 * sigma)) + 2  # skimage's Gaussian reaches 4 sigma, the Sobel step one more pixel
-    grey = np.pad(((images[:, 0] + 1) / 2).double().numpy(), ((0, 0), (pad, pad), (pad, pad)))
-    edges = np.stack([feature.canny(image, sigma=sigma)[pad:-pad, pad:-pad] for image in grey])
-    return torch.from_numpy(edges).float()[:, None] * 2 - 1
+    grey = F.pad((images + 1) / 2, (pad, pad, pad, pad))
+    edges = torch.stack([canny_edges(image, sigma)[:, pad:-pad, pad:-pad] for image in grey])
+    return edges * 2 - 1
 
 
 def fashion_edges(
