@@ -7,6 +7,7 @@ the benchmark does on test; the grids show every ``n // 8``-th val and test patc
 
     python benchmarks/gan_bases.py --threads 1
     python benchmarks/gan_bases.py --data fashion-edges --limit-train 5000 --base-epochs 10 --threads 1
+    python benchmarks/gan_bases.py --data fashion-unpaired --limit-train 10000 --base-epochs 10 --threads 1
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ BASES = (
     ("pix2pix-unet", "photo-edges"),
     ("cyclegan-resnet", "photo-unpaired"),
     ("pix2pix-unet", "fashion-edges"),
+    ("cyclegan-resnet", "fashion-unpaired"),
 )
 COLUMNS = 8
 
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument(
         "--data",
         default=",".join(data for _, data in BASES if data.startswith("photo-")),
-        help="which bases (fashion-edges on its own, with its --limit-train and --base-epochs)",
+        help="which bases (the fashion ones on their own, with their --limit-train and --base-epochs)",
     )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "gan_bases.csv")
     args = parser.parse_args()

@@ -83,7 +83,9 @@ def add_base_arguments(parser: argparse.ArgumentParser) -> None:
     """The options :func:`prepare` reads for the data and the base GAN (the base cache key follows them)."""
     parser.add_argument("--base-epochs", type=int, default=ImageTranslationTask.base_epochs)
     parser.add_argument("--base-lr", type=float, help="base GAN lr (default: the task's)")
-    parser.add_argument("--limit-train", type=int, help="training images of fashion-edges (default: all)")
+    parser.add_argument(
+        "--limit-train", type=int, help="training images of the fashion datasets (default: all)"
+    )
 
 
 def run(

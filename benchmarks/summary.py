@@ -1,7 +1,14 @@
-"""Mean ± std tables over seeds, printed by every benchmark script in the same Markdown shape."""
+"""Mean ± std tables over seeds, printed by every benchmark script in the same Markdown shape; CSV I/O.
+
+A benchmark split over processes (one per seed, budget or device, each with its own ``--out``) is merged
+into the committed table with::
+
+    python benchmarks/summary.py OUT PART [PART ...] --key budget,method,seed
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import statistics
@@ -50,3 +57,56 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str])
         writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         writer.writerows({k: f"{v:.5g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a benchmark CSV, numbers as floats (ints where written without a point), the rest as text."""
+    with path.open(newline="") as f:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def merge_csv(out: Path, parts: Sequence[Path], key: Sequence[str]) -> list[dict[str, Any]]:
+    """``out``'s rows (if it exists) then each part's, a later row replacing an earlier one with the same
+    ``key`` values in place; every file must have ``out``'s columns, so no column is silently dropped."""
+    files = [out, *parts] if out.exists() else list(parts)
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    fields: list[str] | None = None
+    for path in files:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f))
+        if fields is not None and header != fields:
+            raise SystemExit(
+                f"{path} has columns {header}, but {files[0]} has {fields}: merge like with like"
+            )
+        fields = header
+        missing = [k for k in key if k not in header]
+        if missing:
+            raise SystemExit(f"{path} has no {', '.join(missing)} column: pass --key with columns it has")
+        for row in read_csv(path):
+            merged[tuple(row[k] for k in key)] = row
+    assert fields is not None
+    write_csv(out, list(merged.values()), fields)
+    return list(merged.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="merge part CSVs of one benchmark into OUT")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("parts", type=Path, nargs="+")
+    parser.add_argument("--key", default="budget,method,seed", help="columns that name one run")
+    args = parser.parse_args()
+    rows = merge_csv(args.out, args.parts, args.key.split(","))
+    print(f"wrote {args.out}: {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
-from automl_prune_gan.fashion import fashion_edges, garment_edges
+from automl_prune_gan.fashion import fashion_edges, fashion_unpaired, garment_edges
 from automl_prune_gan.folders import unpaired_folder
-from automl_prune_gan.models import pix2pix
+from automl_prune_gan.models import cyclegan, pix2pix
 from PIL import Image
 
 from automl_prune.data.base import DataSplits
@@ -241,6 +241,27 @@ def test_fashion_edges_pairs_every_garment_with_its_own_edges(tmp_path: Path) ->
         assert torch.equal(edges, garment_edges(garments))
     assert data.info.in_channels == 1 and data.info.extra["out_channels"] == 1
     out = pix2pix(data.info)(data.val.tensors[0][:2])
+    assert out.shape == (2, 1, 32, 32)
+
+
+def test_fashion_unpaired_splits_train_garments_between_the_domains(tmp_path: Path) -> None:
+    _fake_mnist(tmp_path)
+    paired = fashion_edges(str(tmp_path), limit_train=30, val_size=10)
+    data = fashion_unpaired(str(tmp_path), limit_train=30, val_size=10)
+    assert len(data.train) == 15 and data.info.extra["paired"] is False
+    a_edges = torch.stack([data.train[i][0] for i in range(15)])
+    b_edges = garment_edges(torch.stack([data.train[i][1] for i in range(15)]))
+    # Every training garment lands in exactly one domain: A keeps only its edges, B only the garment.
+    found = torch.cat([a_edges, b_edges]).flatten(1)
+    expected = paired.train.tensors[0].flatten(1)
+    assert sorted(map(tuple, found.tolist())) == sorted(map(tuple, expected.tolist()))
+    assert not (a_edges.flatten(1)[:, None] == b_edges.flatten(1)[None]).all(-1).any()
+    for split, reference in ((data.val, paired.val), (data.test, paired.test)):
+        assert all(torch.equal(x, y) for x, y in zip(split.tensors, reference.tensors, strict=True))
+    assert torch.equal(
+        fashion_unpaired(str(tmp_path), limit_train=30, val_size=10).train[3][1], data.train[3][1]
+    )
+    out = cyclegan(data.info)(data.val.tensors[0][:2])
     assert out.shape == (2, 1, 32, 32)
 
 

@@ -7,7 +7,8 @@ What the plugin registers, all through the same hooks a third party would use:
   quality, L1/SSIM beside it;
 - models ``pix2pix-unet``, ``pix2pix-resnet`` and ``cyclegan-resnet`` (``models.py``);
 - datasets ``photo-edges``, ``photo-colour``, ``photo-unpaired`` (scikit-image photos, offline;
-  ``data.py``), ``fashion-edges`` (edges -> garment on Fashion-MNIST; ``fashion.py``) and
+  ``data.py``), ``fashion-edges`` and ``fashion-unpaired`` (edges -> garment on Fashion-MNIST, paired
+  and unpaired; ``fashion.py``) and
   ``unpaired:PATH`` (the user's folders; ``folders.py``);
 - the strategy ``gan``.
 
@@ -302,7 +303,7 @@ def register_models(register: Any) -> None:
 @hookimpl
 def register_datasets(register: Any) -> None:
     from automl_prune_gan.data import photo_colour, photo_edges, photo_unpaired
-    from automl_prune_gan.fashion import fashion_edges
+    from automl_prune_gan.fashion import fashion_edges, fashion_unpaired
     from automl_prune_gan.folders import unpaired_folder
 
     for name, factory, description in (
@@ -314,6 +315,11 @@ def register_datasets(register: Any) -> None:
             "grey <-> colour, unpaired training halves of scikit-image's photos; paired val/test",
         ),
         ("fashion-edges", fashion_edges, "Canny edges -> Fashion-MNIST garments, 32x32 grey (offline)"),
+        (
+            "fashion-unpaired",
+            fashion_unpaired,
+            "Canny edges <-> Fashion-MNIST garments, unpaired training halves; paired val/test (offline)",
+        ),
         (
             "unpaired",
             unpaired_folder,

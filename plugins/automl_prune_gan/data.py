@@ -181,7 +181,7 @@ class UnpairedPairs(Dataset):
     ``b`` does not depend on ``a`` and both domains are fully used in ``max(len(a), len(b))`` items.
     """
 
-    def __init__(self, a: Dataset, b: Dataset, *, seed: int) -> None:
+    def __init__(self, a: Dataset | torch.Tensor, b: Dataset | torch.Tensor, *, seed: int) -> None:
         self.a, self.b = a, b
         self.len_a, self.len_b = len(a), len(b)  # type: ignore[arg-type]
         if not (self.len_a and self.len_b):

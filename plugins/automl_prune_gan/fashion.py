@@ -1,5 +1,8 @@
 """Fashion-MNIST image translation: Canny edges -> garment, pix2pix's edges2shoes on 55,000 images.
 
+``fashion-edges`` is paired (pix2pix); ``fashion-unpaired`` is the same task with unpaired training
+halves (CycleGAN) and the same paired val/test.
+
 The photo datasets (``data.py``) hold 7 training photos: too few for a base GAN whose outputs look
 right, whatever its training length (benchmarks/README.md, the GAN bases). Fashion-MNIST gives the base
 generator 55,000 training images of one domain, read offline by the core's loader (Debian's
@@ -12,6 +15,7 @@ once when the dataset is built. The splits are the core's: val holds 5,000 image
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from automl_prune.api import DataInfo, DataSplits, fashion_mnist, file_extra
-from automl_prune_gan.data import TASK, canny_edges
+from automl_prune_gan.data import TASK, UnpairedPairs, canny_edges
 
 # Canny's Gaussian sigma in pixels of the 32x32 image, chosen by eye on val garments (it keeps the outline
 # and the main inner lines: collars, zips, soles); not tuned.
@@ -51,15 +55,61 @@ def fashion_edges(
 
     ``arg`` or ``root`` is the Fashion-MNIST folder, as for the core's ``fashion-mnist``.
     """
-    garments = fashion_mnist(
+    info = _info("fashion-edges", size, seed, limit_train, val_size, paired=True)
+    return DataSplits(*_edge_pairs(*_garments(arg, root, size, limit_train, val_size, seed)), info)
+
+
+def fashion_unpaired(
+    arg: str | None = None,
+    *,
+    root: str | Path | None = None,
+    size: int = 32,
+    limit_train: int | None = None,
+    val_size: int = 5000,
+    seed: int = 0,
+) -> DataSplits:
+    """Canny edges (A) <-> garment (B) without pairs in train, for CycleGAN; paired val/test.
+
+    The training garments are shuffled (seeded) and halved: the first half gives domain A (only its edge
+    maps), the second domain B (only its garments), so no training edge map has its garment anywhere in
+    train, and each domain holds half the training garments. Both domains have 1 channel, so CycleGAN's
+    identity loss applies. Val and test are the paired splits of :func:`fashion_edges`.
+    """
+    garments, val, test = _garments(arg, root, size, limit_train, val_size, seed)
+    order = torch.randperm(len(garments), generator=torch.Generator().manual_seed(seed))
+    half = len(order) // 2
+    train = UnpairedPairs(garment_edges(garments[order[:half]]), garments[order[half:]], seed=seed)
+    info = _info(
+        "fashion-unpaired",
+        size,
+        seed,
+        limit_train,
+        val_size,
+        paired=False,
+        paired_eval=True,
+        domains={"A": "canny edges", "B": "garment"},
+    )
+    return DataSplits(train, *_edge_pairs(val, test), info)
+
+
+def _garments(
+    arg: str | None, root: str | Path | None, size: int, limit_train: int | None, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The core's Fashion-MNIST train, val and test images in [-1, 1], labels dropped."""
+    splits = fashion_mnist(
         arg, root=root, size=size, limit_train=limit_train, val_size=val_size, seed=seed, mean=0.5, std=0.5
     )
-    splits = [
-        TensorDataset(garment_edges(images), images)
-        for images in (split.tensors[0] for split in (garments.train, garments.val, garments.test))
-    ]
-    info = DataInfo(
-        name="fashion-edges",
+    return splits.train.tensors[0], splits.val.tensors[0], splits.test.tensors[0]
+
+
+def _edge_pairs(*splits: torch.Tensor) -> list[TensorDataset]:
+    """Each split of garments as (edge map, garment) pairs."""
+    return [TensorDataset(garment_edges(images), images) for images in splits]
+
+
+def _info(name: str, size: int, seed: int, limit_train: int | None, val_size: int, **extra: Any) -> DataInfo:
+    return DataInfo(
+        name=name,
         task=TASK,
         in_channels=1,
         image_size=(size, size),
@@ -71,8 +121,7 @@ def fashion_edges(
             "edge_sigma": EDGE_SIGMA,
             "limit_train": limit_train,
             "val_size": val_size,
-            "paired": True,
+            **extra,
             **file_extra(1),
         },
     )
-    return DataSplits(*splits, info)

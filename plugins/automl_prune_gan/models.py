@@ -332,7 +332,7 @@ def cyclegan(
     if cin != cout:
         raise ModelError(
             f"CycleGAN's identity loss needs as many input as output channels, the data has {cin} -> {cout}",
-            "use a dataset with equal channels (photo-unpaired), or pix2pix-* for paired data",
+            "use equal-channel data (photo-unpaired, fashion-unpaired) or pix2pix-* for paired data",
         )
     kw = {"ngf": ngf, "depth": depth, "blocks": blocks, "norm": norm}
     layers = discriminator_layers(info.image_size, d_layers)
