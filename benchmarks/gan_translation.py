@@ -22,6 +22,10 @@ CSV and a plot (``gan`` vs ``l1-g-only``, mean over seeds).
     python benchmarks/gan_translation.py --data photo-colour --device cuda
     python benchmarks/gan_translation.py --model cyclegan-resnet --data photo-unpaired --device cuda
     python benchmarks/gan_translation.py --data fashion-edges --limit-train 5000 --base-epochs 10
+
+A table run as several processes (each with its own ``--out``) is merged with ``summary.py`` (the runs'
+CSV and the ``_d_accuracy`` one, the latter with ``--key budget,method,seed,epoch``); ``--summarise``
+then prints the merged table and redraws the D-accuracy plot without running anything.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 import torch
 from automl_prune_gan.figures import save_balance_plot
 from automl_prune_gan.task import ImageTranslationTask
-from summary import budget_table, write_csv
+from summary import budget_table, read_csv, write_csv
 
 from automl_prune.flops import count_flops
 from automl_prune.search.config import SearchConfig
@@ -131,8 +135,15 @@ def main() -> None:
     parser.add_argument("--fid-images", type=int, default=64, help="test images for Inception FID (0: none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="CSV path (default: results/gan_<data>.csv)")
+    parser.add_argument(
+        "--summarise", action="store_true", help="only print --out's table and redraw its plot"
+    )
     args = parser.parse_args()
     args.out = args.out or HERE / "results" / f"gan_{args.data.replace('-', '_')}.csv"
+    if args.summarise:
+        plot_balance(read_csv(_curves_csv(args.out)), _curves_csv(args.out).with_suffix(".png"))
+        print(budget_table(read_csv(args.out), args.methods.split(","), METRICS))
+        return
     torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="bench-gan-"))
@@ -161,7 +172,7 @@ def main() -> None:
                 ]
                 write_csv(args.out, rows, ["budget", "method", "seed", *METRICS])
                 write_csv(
-                    args.out.with_name(args.out.stem + "_d_accuracy.csv"),
+                    _curves_csv(args.out),
                     curves,
                     [
                         "budget",
@@ -176,7 +187,7 @@ def main() -> None:
                     ],
                 )
 
-    plot_balance(curves, args.out.with_name(args.out.stem + "_d_accuracy.png"))
+    plot_balance(curves, _curves_csv(args.out).with_suffix(".png"))
     base = prepared["gan"].base
     context = prepared["gan"].context
     _, base_metrics = context.scores(context.model)
@@ -192,6 +203,11 @@ def main() -> None:
     )
     print(budget_table(rows, args.methods.split(","), METRICS))
     print(f"wrote {args.out}")
+
+
+def _curves_csv(out: Path) -> Path:
+    """Where the per-epoch D accuracies of the runs in ``out`` go."""
+    return out.with_name(out.stem + "_d_accuracy.csv")
 
 
 def plot_balance(curves: list[dict], path: Path) -> None:
