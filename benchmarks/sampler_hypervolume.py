@@ -18,7 +18,6 @@ of the best accuracy found under the cap.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from summary import mean_std, summary_table, write_csv
+from summary import mean_std, read_csv, summary_table, write_csv
 
 from automl_prune.io import atomic_write_bytes, png_bytes
 from automl_prune.search.config import SAMPLERS, SearchConfig
@@ -56,7 +55,6 @@ COLUMNS = [
     "wall_s",
     "params",
 ]
-FLOATS = ("hypervolume", "best_val_accuracy", "val_accuracy", "flops_ratio", "wall_s")
 CHECKPOINTS = (5, 10, 20, 40)
 TIE = 1e-9  # hypervolumes closer than this are the same front
 
@@ -176,16 +174,6 @@ def versus_random(rows: list[dict[str, Any]], spaces: list[str], samplers: list[
     return "\n".join(lines)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of an earlier run's CSV, numbers typed."""
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r.update({k: int(r[k]) for k in ("seed", "trial", "feasible")})
-        r.update({k: float(r[k]) for k in FLOATS})
-    return rows
-
-
 def report(rows: list[dict[str, Any]], spaces: list[str], samplers: list[str], path: Path) -> None:
     """Print mean ± std at the checkpoint trial counts and the trials needed; draw the plot."""
     at = [r for r in rows if r["trial"] in CHECKPOINTS]
@@ -211,12 +199,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spaces, samplers = args.spaces.split(","), args.samplers.split(",")
     if args.report_only:
-        report(read_rows(args.out), spaces, samplers, args.out)
+        report(read_csv(args.out), spaces, samplers, args.out)
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-samplers-"))
     # the other spaces' rows of an earlier run stay, so spaces can be run one at a time into one CSV
-    rows = [r for r in read_rows(args.out) if r["space"] not in spaces] if args.out.exists() else []
+    rows = [r for r in read_csv(args.out) if r["space"] not in spaces] if args.out.exists() else []
     for space in spaces:
         prepared = prepare(space, args, work)
         for seed in (int(s) for s in args.seeds.split(",")):

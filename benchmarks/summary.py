@@ -61,8 +61,15 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str])
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a benchmark CSV, numbers as floats (ints where written without a point), the rest as text."""
+    return _read(path)[1]
+
+
+def _read(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A CSV's columns (even when it has no rows) and its typed rows, in one pass over the file."""
     with path.open(newline="") as f:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        rows = [{k: _number(v) for k, v in row.items()} for row in reader]
+        return list(reader.fieldnames or ()), rows
 
 
 def _number(text: str) -> Any:
@@ -81,8 +88,7 @@ def merge_csv(out: Path, parts: Sequence[Path], key: Sequence[str]) -> list[dict
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     fields: list[str] | None = None
     for path in files:
-        with path.open(newline="") as f:
-            header = next(csv.reader(f))
+        header, rows = _read(path)
         if fields is not None and header != fields:
             raise SystemExit(
                 f"{path} has columns {header}, but {files[0]} has {fields}: merge like with like"
@@ -91,7 +97,7 @@ def merge_csv(out: Path, parts: Sequence[Path], key: Sequence[str]) -> list[dict
         missing = [k for k in key if k not in header]
         if missing:
             raise SystemExit(f"{path} has no {', '.join(missing)} column: pass --key with columns it has")
-        for row in read_csv(path):
+        for row in rows:
             merged[tuple(row[k] for k in key)] = row
     assert fields is not None
     write_csv(out, list(merged.values()), fields)
