@@ -41,9 +41,7 @@ from automl_prune.errors import (
     TrackingError,
     UnknownNameError,
 )
-from automl_prune.figures import save_sample_grid
-from automl_prune.flops import count_flops, count_params
-from automl_prune.frechet import (
+from automl_prune.feature_encoders import (
     DEFAULT_INCEPTION_NAME,
     INCEPTION_DIM,
     INCEPTION_SIZE,
@@ -52,11 +50,11 @@ from automl_prune.frechet import (
     InceptionEncoder,
     InceptionUnavailableError,
     default_inception_path,
-    encode_in_batches,
-    fid,
-    frechet_distance,
     tf_bilinear_resize,
 )
+from automl_prune.figures import save_sample_grid
+from automl_prune.flops import count_flops, count_params
+from automl_prune.frechet import encode_in_batches, fid, frechet_distance
 from automl_prune.hookspecs import hookimpl
 from automl_prune.io import atomic_write_bytes, png_bytes
 from automl_prune.latency import Latency, measure_calls, measure_latency

@@ -20,8 +20,8 @@ from automl_prune_gan.task import ImageTranslationTask
 import automl_prune
 from automl_prune.data.base import DataInfo
 from automl_prune.errors import AutomlPruneError, ModelError
+from automl_prune.feature_encoders import default_inception_path
 from automl_prune.flops import count_flops, count_params
-from automl_prune.frechet import default_inception_path
 from automl_prune.progress import Progress
 from automl_prune.pruning import ChannelGates, GatedFlops, analyze, slice_model
 from automl_prune.search.config import SearchConfig

